@@ -1,0 +1,116 @@
+"""Shared pieces of the speed benchmarks: the same work done three ways.
+
+- :func:`raw_loop`: a plain PyTorch loop over the same device-resident tensors
+  (one SGD optimiser per task, shuffled index batches, evaluation of every
+  task after every task) — the floor any framework is measured against.
+- :func:`avalanche_split`: the same tasks as an Avalanche benchmark (tensors
+  behind a map-style dataset, so Avalanche pays no PIL or disk cost).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cl_bench.data import Scenario, TaskBatches, iterate_eval
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time of ``repeats`` calls (after one warm-up call) and the last result."""
+    fn()
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+@torch.no_grad()
+def accuracy_row(model: nn.Module, scenario: Scenario, device: str, batch_size: int = 1024) -> list[float]:
+    model.eval()
+    row = []
+    for task in scenario.tasks:
+        correct = 0
+        for x, y in iterate_eval(task.x_test, task.y_test, batch_size, device, scenario.mean, scenario.std):
+            correct += (model(x).argmax(1) == y).sum().item()
+        row.append(correct / task.n_test)
+    model.train()
+    return row
+
+
+def raw_loop(
+    scenario: Scenario,
+    make_model: Callable[[], nn.Module],
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    epochs: int,
+    batch_size: int,
+    device: str,
+    seed: int,
+) -> list[list[float]]:
+    """Fine-tuning in plain PyTorch; returns the accuracy matrix."""
+    torch.manual_seed(seed)
+    model = make_model().to(device)
+    rows = []
+    for task in scenario.tasks:
+        opt = make_optimizer(model)
+        batches = TaskBatches(task.x_train, task.y_train, task.id, batch_size, device=device, seed=seed,
+                              mean=scenario.mean, std=scenario.std)
+        for _ in range(epochs):
+            for x, y, _t in batches:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        rows.append(accuracy_row(model, scenario, device))
+    return rows
+
+
+class _TensorDataset(torch.utils.data.Dataset):
+    """Float tensors with a ``targets`` list, the shape Avalanche's generators accept."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+        self.targets = y.tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.x[i], self.targets[i]
+
+
+def _normalised(x: Tensor, scenario: Scenario) -> Tensor:
+    mean = torch.tensor(scenario.mean).view(1, -1, 1, 1)
+    std = torch.tensor(scenario.std).view(1, -1, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def avalanche_split(scenario: Scenario) -> Any:
+    """The scenario's tasks (class-incremental, fixed class order) as an Avalanche benchmark."""
+    from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+
+    train = _TensorDataset(
+        _normalised(torch.cat([t.x_train for t in scenario.tasks]), scenario), torch.cat([t.y_train for t in scenario.tasks])
+    )
+    test = _TensorDataset(
+        _normalised(torch.cat([t.x_test for t in scenario.tasks]), scenario), torch.cat([t.y_test for t in scenario.tasks])
+    )
+    order = [c for t in scenario.tasks for c in t.classes]
+    return nc_benchmark(train, test, n_experiences=scenario.n_tasks, task_labels=False, fixed_class_order=order)
+
+
+def avalanche_final_accuracies(strategy: Any, benchmark: Any) -> list[list[float]]:
+    """Train an Avalanche strategy through the stream; accuracy matrix from its evaluator."""
+    rows = []
+    for exp in benchmark.train_stream:
+        strategy.train(exp, num_workers=0)
+        res = strategy.eval(benchmark.test_stream, num_workers=0)
+        rows.append([res[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"] for j in range(len(benchmark.test_stream))])
+    return rows

@@ -1,0 +1,84 @@
+"""Speed of cl-bench's task loop against a raw PyTorch loop and Avalanche (issue: foundation).
+
+Protocol: Split-MNIST 5 tasks, MLP 784-400-400-10, 1 epoch per task, batch 128,
+SGD lr 0.01 momentum 0.9, naive fine-tuning, every task evaluated after every
+task. The three implementations train the same network on the same tensors in
+the same process; times are medians over ``--repeats`` after a warm-up.
+
+    CL_BENCH_DATA=../shared/datasets uv run python benchmarks/speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+
+from benchmarks.common import avalanche_final_accuracies, avalanche_split, raw_loop, timed
+from cl_bench.config import RunSpec, TrainerConfig
+from cl_bench.data import build_scenario
+from cl_bench.models import build_model
+from cl_bench.results import device_info
+from cl_bench.runner import run_one
+
+MODEL = {"name": "mlp", "widths": [400, 400], "activation": "relu", "head": "single"}
+SCENARIO = {"name": "split_mnist", "kind": "split", "source": "mnist", "setting": "class_il", "n_tasks": 5,
+            "classes_per_task": 2, "seed": 0}
+LR, MOMENTUM, BATCH, EPOCHS = 0.01, 0.9, 128, 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-avalanche", action="store_true")
+    args = ap.parse_args()
+    scenario = build_scenario(SCENARIO)
+    device = args.device
+
+    def make_model() -> torch.nn.Module:
+        return build_model(MODEL, scenario.input_shape, scenario.n_outputs, scenario.task_classes())
+
+    def make_opt(model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+    spec = RunSpec(
+        label="naive", strategy_class="naive", setting="class_il", seed=0, params={},
+        trainer=dataclasses.asdict(TrainerConfig(
+            epochs=EPOCHS, batch_size=BATCH, train_loss_probe=0, deterministic=False,
+            accelerator="gpu" if device == "cuda" else "cpu",
+        )),
+        optimizer={"name": "sgd", "lr": LR, "momentum": MOMENTUM}, model=MODEL, scenario=SCENARIO, data={},
+    )
+
+    t_raw, raw = timed(lambda: raw_loop(scenario, make_model, make_opt, EPOCHS, BATCH, device, 0), args.repeats)
+    t_ours, ours = timed(lambda: run_one(spec, scenario), args.repeats)
+    print(f"device: {device_info(device)}")
+    print(f"{'implementation':<14} {'seconds':>8} {'final ACC':>10} {'ratio vs raw':>13}")
+    print(f"{'raw PyTorch':<14} {t_raw:8.2f} {sum(raw[-1]) / 5:10.4f} {1.0:13.2f}")
+    print(f"{'cl-bench':<14} {t_ours:8.2f} {ours.metrics['acc']:10.4f} {t_ours / t_raw:13.2f}")
+    if not args.no_avalanche:
+        from avalanche.training.plugins import EvaluationPlugin
+        from avalanche.evaluation.metrics import accuracy_metrics
+        from avalanche.training.supervised import Naive
+
+        bench = avalanche_split(scenario)
+
+        def avalanche_run() -> list[list[float]]:
+            torch.manual_seed(0)
+            model = make_model()
+            strategy = Naive(
+                model=model, optimizer=make_opt(model), train_mb_size=BATCH, train_epochs=EPOCHS, eval_mb_size=1024,
+                device=device, evaluator=EvaluationPlugin(accuracy_metrics(experience=True), loggers=[]),
+            )
+            return avalanche_final_accuracies(strategy, bench)
+
+        t_av, av = timed(avalanche_run, args.repeats)
+        print(f"{'Avalanche':<14} {t_av:8.2f} {sum(av[-1]) / 5:10.4f} {t_av / t_raw:13.2f}")
+        print(f"cl-bench is {t_av / t_ours:.2f}x faster than Avalanche")
+    print(f"cl-bench / raw loop = {t_ours / t_raw:.2f} (target <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""``cl-bench`` command line. Heavy imports (torch, lightning) happen inside commands,
+so ``cl-bench --help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+HEADLINE = ("acc", "aia", "forgetting", "bwt", "fwt", "learning_acc", "intransigence", "loss_forgetting")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cl-bench",
+        description="Continual-learning benchmark suite: strategies x task sequences x seeds, "
+        "forgetting metrics and loss-landscape guarantee checks.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="train and evaluate (default: Split-Digits, every strategy, class-IL and task-IL)",
+        description="Run an experiment. Overrides are omegaconf dotlists, e.g. "
+        "`cl-bench run scenario=split_mnist strategy=[naive,ewc] trainer.epochs=2 seeds=[0,1,2]`. "
+        "Finished runs in the output directory are reused unless --fresh.",
+    )
+    run.add_argument("overrides", nargs="*", help="key=value overrides (scenario=, model=, strategy=, experiment=, ...)")
+    run.add_argument("--config", help="an experiment YAML file merged over configs/default.yaml")
+    run.add_argument("--fresh", action="store_true", help="re-train runs that already have results")
+    run.add_argument("--dry-run", action="store_true", help="validate the config and list the runs, train nothing")
+    sub.add_parser("list", help="list scenarios, strategies, models and metrics")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        return cmd_list()
+    return cmd_run(args)
+
+
+def cmd_list() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cl_bench.config import CONFIG_DIR
+    from cl_bench.data.scenarios import SCENARIO_KINDS
+    from cl_bench.data.sources import SOURCE_INFO
+    from cl_bench.metrics import METRIC_DOCS
+    from cl_bench.models import MODEL_INFO
+    from cl_bench.registry import get_strategy, strategy_names
+
+    console = Console()
+
+    def table(title: str, rows: list[tuple[str, str]]) -> None:
+        t = Table(title=title, show_header=False, title_justify="left")
+        for name, doc in rows:
+            t.add_row(name, doc)
+        console.print(t)
+
+    def first_line(path: Any) -> str:
+        lines = [ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+        return lines[0] if lines else ""
+
+    table("scenarios (configs/scenario)", [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "scenario").glob("*.yaml"))])
+    table("scenario kinds", list(SCENARIO_KINDS.items()))
+    table("datasets", list(SOURCE_INFO.items()))
+    table(
+        "strategies",
+        [(n, f"[{get_strategy(n).family}] " + (get_strategy(n).__doc__ or "").strip().splitlines()[0]) for n in strategy_names()],
+    )
+    table("models", list(MODEL_INFO.items()))
+    table("experiments (configs/experiment)", [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))])
+    table("metrics", list(METRIC_DOCS.items()))
+    return 0
+
+
+def _fmt(stat: dict[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    return f"{stat['mean']:.3f}" + (f" ± {stat['std']:.3f}" if stat.get("n", 0) > 1 else "")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cl_bench.config import ConfigError, build_plan, load_config
+
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160
+    try:
+        plan = build_plan(load_config(args.overrides, args.config))
+    except ConfigError as err:
+        console.print(f"[bold red]config error:[/] {err}")
+        return 2
+    if args.dry_run:
+        for spec in plan.runs:
+            console.print(spec.run_id)
+        console.print(f"{len(plan.runs)} runs -> {plan.output_dir}")
+        return 0
+    return _execute(plan, console, resume=not args.fresh)
+
+
+def _execute(plan: Any, console: Any, resume: bool) -> int:
+    from omegaconf import OmegaConf
+    from rich.table import Table
+
+    from cl_bench.config import ConfigError
+    from cl_bench.data import DatasetNotFoundError
+    from cl_bench.results import aggregate, save_result, write_json_atomic
+    from cl_bench.runner import add_intransigence, execute, result_path, result_spec
+
+    interactive = console.is_terminal and not os.environ.get("CI")
+    results = []
+    try:
+        for i, result in enumerate(execute(plan, resume=resume), 1):
+            status = "[green]ok[/]" if result.status == "ok" else f"[red]failed[/]: {result.error}"
+            acc = result.metrics.get("acc")
+            acc_s = f"acc={acc:.3f}" if acc is not None else ""
+            if interactive or result.status != "ok":
+                console.print(f"[{i}/{len(plan.runs)}] {result.run_id} {status} {acc_s} ({result.timings.get('total', 0):.1f}s)")
+            results.append(result)
+    except (ConfigError, DatasetNotFoundError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        return 2
+    add_intransigence(results)
+    for result in results:  # intransigence is known only once the joint run exists
+        if result.status == "ok":
+            save_result(result, result_path(plan.output_dir, result_spec(plan, result)))
+    agg = aggregate(results)
+    out = plan.output_dir
+    write_json_atomic(out / "results.json", {"name": plan.name, "runs": [r.to_dict() for r in results], "aggregate": agg})
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(plan.config))
+
+    for setting in dict.fromkeys(r.setting for r in results):
+        table = Table(title=f"{plan.name} — {setting} (mean ± std over seeds)", title_justify="left")
+        table.add_column("strategy")
+        for m in (*HEADLINE, "time_s"):
+            table.add_column(m, justify="right")
+        for key, stats in agg.items():
+            if key.startswith(setting + "/"):
+                table.add_row(key.split("/", 1)[1], *(_fmt(stats.get(m)) for m in (*HEADLINE, "time_s")))
+        console.print(table)
+    failed = [r for r in results if r.status != "ok"]
+    console.print(f"results: {out / 'results.json'} ({len(results)} runs, {len(failed)} failed)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Experiment configuration: omegaconf YAML groups, command-line dotlists, validation.
+
+Composition, later wins: ``configs/default.yaml`` <- ``experiment=NAME`` (or
+``--config FILE``) <- group selections on the command line (``scenario=``,
+``model=``, ``strategy=``) <- every other ``key=value`` override.
+
+A group value is a file name under ``configs/<group>/`` or a mapping; a
+mapping may name a file to start from with ``_base: NAME``. Each entry of
+``strategy`` is a *label*: ``configs/strategy/<label>.yaml`` (if present),
+merged with ``strategies.<label>``; its ``class`` picks the registered
+strategy (default: the label), ``optimizer`` / ``trainer`` override the global
+ones for that strategy, every other key is a hyper-parameter of the class.
+
+:func:`build_plan` validates everything and returns the list of runs before
+any data is loaded or any model trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(os.environ.get("CL_BENCH_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+GROUPS = ("scenario", "model")
+TOP_LEVEL_KEYS = (
+    "name", "scenario", "settings", "model", "strategy", "strategies", "seeds",
+    "trainer", "optimizer", "data", "output", "checks", "logger", "sweep", "experiment",
+)
+SETTINGS = ("class_il", "task_il", "domain_il")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key and what to fix."""
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer and batching settings of every task."""
+
+    epochs: int = 1
+    max_steps: int = -1  # per task; -1 = run the epochs
+    batch_size: int = 32
+    eval_batch_size: int = 1024
+    train_loss_probe: int = 1000
+    mask_train_logits: bool = False
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size", "num_nodes"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.train_loss_probe < 0:
+            raise ValueError(f"train_loss_probe must be >= 0, got {self.train_loss_probe}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be -1 (off) or >= 1, got {self.max_steps}")
+
+
+@dataclass
+class RunSpec:
+    """One training run: a strategy (with its hyper-parameters) x setting x seed."""
+
+    label: str
+    strategy_class: str
+    setting: str
+    seed: int
+    params: dict[str, Any]
+    trainer: dict[str, Any]
+    optimizer: dict[str, Any]
+    model: dict[str, Any]
+    scenario: dict[str, Any]
+    data: dict[str, Any]
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.setting}/{self.label}/seed{self.seed}"
+
+    def config_hash(self) -> str:
+        """Hash of everything that determines the result (identifies a run on resume)."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    name: str
+    output_dir: Path
+    runs: list[RunSpec]
+    config: DictConfig
+
+
+# ----------------------------------------------------------------- loading
+def _group_file(group: str, name: str) -> Path:
+    path = CONFIG_DIR / group / f"{name}.yaml"
+    if not path.exists():
+        valid = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        raise ConfigError(f"unknown {group} {name!r}; valid: {', '.join(valid)}")
+    return path
+
+
+def _resolve_group(group: str, value: Any) -> DictConfig:
+    """A group value (file name or mapping with optional ``_base``) -> mapping."""
+    if isinstance(value, str):
+        return OmegaConf.load(_group_file(group, value))
+    if isinstance(value, DictConfig):
+        base = value.get("_base")
+        rest = OmegaConf.masked_copy(value, [k for k in value if k != "_base"])
+        return OmegaConf.merge(OmegaConf.load(_group_file(group, base)), rest) if base else rest
+    raise ConfigError(f"{group} must be a name from configs/{group}/ or a mapping, got {value!r}")
+
+
+def _parse_overrides(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
+    """Split ``key=value`` items into group selections and field overrides."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    selections = [o for o in overrides if o.split("=", 1)[0] in (*GROUPS, "strategy", "experiment")]
+    fields = [o for o in overrides if o not in selections]
+    try:
+        return OmegaConf.from_dotlist(selections), OmegaConf.from_dotlist(fields)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse overrides: {err}") from err
+
+
+def load_config(overrides: list[str] | None = None, config_file: str | None = None) -> DictConfig:
+    """Compose the experiment configuration (no validation beyond group names)."""
+    selections, fields = _parse_overrides(list(overrides or []))
+    cfg = OmegaConf.load(CONFIG_DIR / "default.yaml")
+    experiment = selections.pop("experiment", None)
+    layers: list[Any] = []
+    if experiment:
+        layers.append(OmegaConf.load(_group_file("experiment", str(experiment))))
+    if config_file:
+        if not Path(config_file).exists():
+            raise ConfigError(f"--config {config_file}: file not found")
+        layers.append(OmegaConf.load(config_file))
+    for layer in (*layers, selections):
+        # a group replaced by a new name or mapping must not be merged into the old one
+        for key in (*GROUPS, "strategy"):
+            if key in layer:
+                cfg[key] = None
+        cfg = OmegaConf.merge(cfg, layer)
+    for group in GROUPS:
+        cfg[group] = _resolve_group(group, cfg[group])
+    cfg.strategies = _resolve_strategies(cfg)
+    try:
+        cfg = OmegaConf.merge(cfg, fields)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"override: {err}") from err
+    unknown = sorted(set(cfg) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+    return cfg
+
+
+def _strategy_labels(value: Any) -> list[str]:
+    from cl_bench.registry import strategy_names
+
+    if value == "all":
+        return strategy_names()
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, ListConfig) and all(isinstance(v, str) for v in value) and len(value) > 0:
+        return list(value)
+    raise ConfigError(f"strategy must be a name, a non-empty list of names, or 'all'; got {value!r}")
+
+
+def _resolve_strategies(cfg: DictConfig) -> DictConfig:
+    labels = _strategy_labels(cfg.strategy)
+    cfg.strategy = labels
+    given = cfg.get("strategies") or OmegaConf.create({})
+    out = OmegaConf.create({})
+    for label in labels:
+        path = CONFIG_DIR / "strategy" / f"{label}.yaml"
+        base = OmegaConf.load(path) if path.exists() else OmegaConf.create({})
+        out[label] = OmegaConf.merge(base, given.get(label) or {})
+    return out
+
+
+# -------------------------------------------------------------- validation
+def to_dataclass(cls: type, data: Any, where: str) -> Any:
+    """Merge ``data`` into dataclass ``cls`` with type checks; errors name ``where.key``."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), data or {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or getattr(err, "key", "")
+        valid = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ConfigError(f"{where}.{key}: {getattr(err, 'msg', err)} (valid keys: {valid})") from err
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def build_plan(cfg: DictConfig) -> Plan:
+    """Validate the whole configuration and expand it into runs (no training)."""
+    from cl_bench.data.scenarios import parse_scenario_cfg
+    from cl_bench.module import OptimizerConfig
+    from cl_bench.registry import get_strategy
+
+    name = str(cfg.name)
+    settings = _container(cfg.settings) or [cfg.scenario.get("setting", "class_il")]
+    if isinstance(settings, str):
+        settings = [settings]
+    for s in settings:
+        if s not in SETTINGS:
+            raise ConfigError(f"settings: unknown setting {s!r}; valid: {', '.join(SETTINGS)}")
+    for s in settings:
+        try:
+            parse_scenario_cfg({**_container(cfg.scenario), "setting": s})
+        except (ValueError, KeyError) as err:
+            raise ConfigError(str(err.args[0]) if err.args else str(err)) from err
+    seeds = _container(cfg.seeds)
+    seeds = [seeds] if isinstance(seeds, int) else seeds
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds must be an int or a non-empty list of ints, got {seeds!r}")
+    to_dataclass(TrainerConfig, cfg.trainer, "trainer")  # global sections are checked even when
+    to_dataclass(OptimizerConfig, cfg.optimizer, "optimizer")  # every strategy overrides them
+
+    runs: list[RunSpec] = []
+    for label in cfg.strategy:
+        entry = cfg.strategies[label]
+        class_name = str(entry.get("class", label))
+        try:
+            cls = get_strategy(class_name)
+        except KeyError as err:
+            raise ConfigError(f"strategies.{label}.class: {err.args[0]}") from err
+        hparams = {k: v for k, v in entry.items() if k not in ("class", "optimizer", "trainer")}
+        params = dataclasses.asdict(to_dataclass(cls.Params, hparams, f"strategies.{label}"))
+        s_trainer = dataclasses.asdict(
+            to_dataclass(TrainerConfig, OmegaConf.merge(cfg.trainer, entry.get("trainer") or {}), f"strategies.{label}.trainer")
+        )
+        s_optim = dataclasses.asdict(
+            to_dataclass(OptimizerConfig, OmegaConf.merge(cfg.optimizer, entry.get("optimizer") or {}), f"strategies.{label}.optimizer")
+        )
+        for setting in settings:
+            for seed in seeds:
+                runs.append(
+                    RunSpec(
+                        label=label, strategy_class=class_name, setting=setting, seed=seed, params=params,
+                        trainer=s_trainer, optimizer=s_optim, model=_container(cfg.model),
+                        scenario={**_container(cfg.scenario), "setting": setting},
+                        data=_container(cfg.data) or {}, checks=_container(cfg.get("checks")) or {},
+                    )
+                )
+    return Plan(name=name, output_dir=Path(str(cfg.output.dir)), runs=runs, config=cfg)

@@ -1,0 +1,322 @@
+"""Image classification datasets loaded once into ``uint8`` tensors.
+
+Every loader returns a :class:`Source`: ``x_*`` ``uint8 [N, C, H, W]``,
+``y_*`` ``int64``, the class names, and the per-channel mean/std of the
+training images (in ``[0, 1]`` units) for normalisation. Files are looked for
+under the data root: explicit ``root`` > env ``CL_BENCH_DATA`` >
+``~/.cache/cl_bench``. Loaded sources are cached per process and shared:
+treat their tensors as read-only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+DATA_ENV = "CL_BENCH_DATA"
+DEFAULT_ROOT = Path("~/.cache/cl_bench")
+TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINYIMAGENET_CACHE = "cl_bench_tensors.pt"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not where they were expected (and were not downloaded)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset as tensors: images ``uint8 [N, C, H, W]``, labels ``int64``."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def resolve_root(root: str | os.PathLike | None = None) -> Path:
+    """Explicit ``root`` > env ``CL_BENCH_DATA`` > ``~/.cache/cl_bench``."""
+    chosen = root if root not in (None, "") else os.environ.get(DATA_ENV) or DEFAULT_ROOT
+    return Path(chosen).expanduser().resolve()
+
+
+def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and (population) std of ``uint8`` images in ``[0, 1]`` units.
+
+    From the 256-bin histogram h_c of channel c: mean = sum_v v h_c(v) / n,
+    var = sum_v v^2 h_c(v) / n - mean^2 (values v/255), so no float copy of x.
+    """
+    if x.dtype != torch.uint8 or x.dim() != 4:
+        raise ValueError(f"channel_stats needs uint8 [N, C, H, W] images, got {x.dtype} {tuple(x.shape)}")
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    hist = torch.stack([torch.bincount(x[:, c].flatten(), minlength=256) for c in range(x.shape[1])])
+    hist = hist.to(torch.float64)
+    n = hist.sum(dim=1)
+    mean = (hist * values).sum(dim=1) / n
+    var = (hist * values**2).sum(dim=1) / n - mean**2
+    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
+
+
+def stratified_split(y: Tensor, n_first: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Split indices of ``y`` into ``n_first`` and the rest, keeping class proportions.
+
+    Class c contributes k_c = floor(n_c q) + (1 for the largest remainders)
+    samples, q = n_first / N, chosen uniformly at random within the class.
+    Both index sets are returned sorted.
+    """
+    n = y.numel()
+    if not 0 <= n_first <= n:
+        raise ValueError(f"stratified_split: n_first={n_first} outside [0, {n}]")
+    classes, counts = torch.unique(y, return_counts=True)
+    quota = counts.double() * (n_first / max(n, 1))
+    k = quota.floor().long()
+    extra = n_first - int(k.sum())
+    k[torch.argsort(k.double() - quota, stable=True)[:extra]] += 1
+    shuffled = torch.randperm(n, generator=generator)
+    by_class = shuffled[torch.argsort(y[shuffled], stable=True)]
+    cls_index = torch.searchsorted(classes, y[by_class])
+    rank = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[cls_index]
+    take = rank < k[cls_index]
+    return by_class[take].sort().values, by_class[~take].sort().values
+
+
+def _source(name: str, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
+            class_names: list[str] | tuple[str, ...]) -> Source:
+    mean, std = channel_stats(x_train)
+    return Source(name, x_train.contiguous(), y_train.long(), x_test.contiguous(), y_test.long(),
+                  tuple(class_names), mean, std)
+
+
+def _not_found(name: str, root: Path, sub: str, missing: list[str], hint: str = "") -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"dataset '{name}' not found: expected {', '.join(missing)} in {root / sub}{hint}. "
+        f"Fix: put the files there, or point data.root=... (or the {DATA_ENV} environment variable) "
+        f"at the directory that contains '{sub}', or set data.download=true when a network is available."
+    )
+
+
+def _missing(folder: Path, files: list[str]) -> list[str]:
+    return [f for f in files if not (folder / f).is_file()]
+
+
+def _load_digits(root: Path, download: bool, verify: bool) -> Source:
+    """scikit-learn's embedded 8x8 digits: 0..16 scaled to 0..255, stratified 1437/360 split (seed 0)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).mul(255.0 / 16.0).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).long()
+    test_idx, train_idx = stratified_split(labels, 360, torch.Generator().manual_seed(0))
+    names = [str(n) for n in digits.target_names]
+    return _source("digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], names)
+
+
+def _mnist_like(class_name: str, name: str) -> Callable[[Path, bool, bool], Source]:
+    """torchvision MNIST-format reader; files in ``<root>/<ClassName>/raw`` (IDX, uncompressed)."""
+
+    def load(root: Path, download: bool, verify: bool) -> Source:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, class_name)
+        sub = f"{class_name}/raw"
+        folder = root / sub
+        expected = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+        missing = _missing(folder, expected)
+        if missing and not download:
+            raise _not_found(name, root, sub, missing)
+        try:
+            train, test = cls(str(root), train=True, download=download), cls(str(root), train=False)
+        except (RuntimeError, OSError) as err:
+            raise _not_found(name, root, sub, _missing(folder, expected), f" (download failed: {err})") from err
+        return _source(name, train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets,
+                       list(train.classes))
+
+    return load
+
+
+def _without_md5(cls: type) -> type:
+    """Subclass of a torchvision CIFAR class whose files are checked for presence only.
+
+    torchvision verifies every CIFAR file against the md5 of the official
+    archive (``CIFAR10._check_integrity`` and ``_load_meta`` call
+    ``check_integrity(path, md5)``); with ``md5=None`` that call checks that
+    the file exists. Parsing stays torchvision's own.
+    """
+    return type(f"{cls.__name__}NoMD5", (cls,), {
+        "train_list": [[f, None] for f, _ in cls.train_list],
+        "test_list": [[f, None] for f, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": None},
+    })
+
+
+def _cifar(class_name: str, name: str) -> Callable[[Path, bool, bool], Source]:
+    """torchvision CIFAR reader: python pickle batches in ``<root>/<base_folder>``."""
+
+    def load(root: Path, download: bool, verify: bool) -> Source:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, class_name)
+        sub = cls.base_folder
+        folder = root / sub
+        expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        missing = _missing(folder, expected)
+        if missing and not download:
+            raise _not_found(name, root, sub, missing)
+        reader = cls if verify else _without_md5(cls)
+        try:
+            train, test = reader(str(root), train=True, download=download), reader(str(root), train=False)
+        except (RuntimeError, OSError) as err:
+            if not _missing(folder, expected):
+                raise RuntimeError(
+                    f"dataset '{name}': the files in {folder} fail torchvision's md5 check against the official "
+                    f"archive. Re-download them (delete the folder, data.download=true), or load with "
+                    f"verify=False if you made these files yourself."
+                ) from err
+            raise _not_found(name, root, sub, _missing(folder, expected), f" (download failed: {err})") from err
+
+        def to_nchw(data) -> Tensor:
+            return torch.from_numpy(data).permute(0, 3, 1, 2)
+
+        return _source(name, to_nchw(train.data), torch.tensor(train.targets), to_nchw(test.data),
+                       torch.tensor(test.targets), list(train.classes))
+
+    return load
+
+
+def _decode_jpegs(paths: list[Path]) -> Tensor:
+    """Decode JPEG files once (load time only) into ``uint8 [N, 3, H, W]``; grey images become RGB."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    images = decode_jpeg([read_file(str(p)) for p in paths], mode=ImageReadMode.RGB)
+    return torch.stack(images) if images else torch.zeros(0, 3, 64, 64, dtype=torch.uint8)
+
+
+def _load_tinyimagenet(root: Path, download: bool, verify: bool) -> Source:
+    """TinyImageNet-200 (the labelled ``val`` split serves as test set).
+
+    Layout: ``tiny-imagenet-200/wnids.txt``, ``train/<wnid>/images/*.JPEG``,
+    ``val/images/*.JPEG`` + ``val/val_annotations.txt`` (file, wnid, box).
+    The decoded tensors are cached in ``tiny-imagenet-200/cl_bench_tensors.pt``
+    (delete it to rebuild).
+    """
+    folder = root / "tiny-imagenet-200"
+    expected = ["wnids.txt", "val/val_annotations.txt"]
+    if _missing(folder, expected) and download:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:
+            download_and_extract_archive(TINYIMAGENET_URL, str(root))
+        except (RuntimeError, OSError) as err:
+            raise _not_found("tinyimagenet", root, folder.name, _missing(folder, expected),
+                             f" (download failed: {err})") from err
+    missing = _missing(folder, expected)
+    if missing:
+        raise _not_found("tinyimagenet", root, folder.name,
+                         missing + ["train/<wnid>/images/*.JPEG", "val/images/*.JPEG"])
+    cache = folder / TINYIMAGENET_CACHE
+    if cache.is_file():
+        d = torch.load(cache, weights_only=True)
+        return _source("tinyimagenet", d["x_train"], d["y_train"], d["x_test"], d["y_test"], d["class_names"])
+
+    wnids = (folder / "wnids.txt").read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    train_paths: list[Path] = []
+    train_labels: list[int] = []
+    for wnid in wnids:
+        files = sorted((folder / "train" / wnid / "images").glob("*.JPEG"))
+        if not files:
+            raise _not_found("tinyimagenet", root, f"{folder.name}/train/{wnid}/images", ["*.JPEG"])
+        train_paths += files
+        train_labels += [index[wnid]] * len(files)
+    rows = [line.split("\t") for line in (folder / "val" / "val_annotations.txt").read_text().splitlines() if line]
+    rows.sort(key=lambda r: r[0])
+    unknown = sorted({r[1] for r in rows} - index.keys())
+    if unknown:
+        raise ValueError(f"tinyimagenet: val_annotations.txt names wnids not in wnids.txt: {unknown[:5]}")
+    test_paths = [folder / "val" / "images" / r[0] for r in rows]
+    words = folder / "words.txt"
+    names = dict(line.split("\t", 1) for line in words.read_text().splitlines() if "\t" in line) if words.is_file() else {}
+    d = {
+        "x_train": _decode_jpegs(train_paths),
+        "y_train": torch.tensor(train_labels, dtype=torch.long),
+        "x_test": _decode_jpegs(test_paths),
+        "y_test": torch.tensor([index[r[1]] for r in rows], dtype=torch.long),
+        "class_names": [names.get(w, w) for w in wnids],
+    }
+    tmp = cache.with_suffix(".tmp")
+    torch.save(d, tmp)
+    tmp.replace(cache)
+    return _source("tinyimagenet", d["x_train"], d["y_train"], d["x_test"], d["y_test"], d["class_names"])
+
+
+@dataclass(frozen=True)
+class _Spec:
+    description: str
+    n_classes: int
+    load: Callable[[Path, bool, bool], Source]
+    uses_root: bool = True
+
+
+_SPECS: dict[str, _Spec] = {
+    "digits": _Spec("scikit-learn 8x8 handwritten digits, 10 classes, 1437/360 (embedded, no download)",
+                    10, _load_digits, uses_root=False),
+    "mnist": _Spec("MNIST handwritten digits, 28x28 grey, 10 classes, 60000/10000", 10, _mnist_like("MNIST", "mnist")),
+    "fashion_mnist": _Spec("Fashion-MNIST clothing, 28x28 grey, 10 classes, 60000/10000", 10,
+                           _mnist_like("FashionMNIST", "fashion_mnist")),
+    "kmnist": _Spec("Kuzushiji-MNIST cursive Japanese, 28x28 grey, 10 classes, 60000/10000", 10,
+                    _mnist_like("KMNIST", "kmnist")),
+    "cifar10": _Spec("CIFAR-10 objects, 32x32 RGB, 10 classes, 50000/10000", 10, _cifar("CIFAR10", "cifar10")),
+    "cifar100": _Spec("CIFAR-100 objects, 32x32 RGB, 100 classes, 50000/10000", 100, _cifar("CIFAR100", "cifar100")),
+    "tinyimagenet": _Spec("TinyImageNet-200, 64x64 RGB, 200 classes, 100000/10000 (val as test)", 200,
+                          _load_tinyimagenet),
+}
+SOURCE_INFO: dict[str, str] = {name: spec.description for name, spec in _SPECS.items()}
+_CACHE: dict[tuple[str, str | None, bool], Source] = {}
+
+
+def _spec(name: str) -> _Spec:
+    if name not in _SPECS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(_SPECS)}")
+    return _SPECS[name]
+
+
+def source_num_classes(name: str) -> int:
+    """Number of classes of a dataset, known without loading it (for config validation)."""
+    return _spec(name).n_classes
+
+
+def load_source(name: str, root: str | os.PathLike | None = None, download: bool = False,
+                *, verify: bool = True) -> Source:
+    """Load dataset ``name`` as tensors, once per process (cached on (name, resolved root, verify)).
+
+    ``verify=False`` skips torchvision's md5 check of CIFAR files (files are
+    then only required to exist): for user-made files in the official format,
+    e.g. subsets or tests. Other datasets have no checksum and ignore it.
+    """
+    spec = _spec(name)
+    resolved = resolve_root(root)
+    key = (name, str(resolved) if spec.uses_root else None, verify)
+    if key not in _CACHE:
+        _CACHE[key] = spec.load(resolved, download, verify)
+    return _CACHE[key]
+
+
+def clear_source_cache() -> None:
+    """Forget every loaded source (frees memory; tests use it)."""
+    _CACHE.clear()

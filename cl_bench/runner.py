@@ -1,0 +1,297 @@
+"""The task loop: fit task t -> after_task -> evaluate every task -> row t.
+
+One Lightning ``Trainer`` per task (a fresh optimiser per task, as in Mammoth
+and Avalanche); evaluation is a plain batched loop over device-resident test
+tensors, so every row of the accuracy and loss matrices costs one pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
+from cl_bench.data import Scenario, Task, TaskBatches, build_scenario, concat_tasks, iterate_eval
+from cl_bench.data.batching import Augment
+from cl_bench.metrics import compute_metrics
+from cl_bench.models import build_model
+from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig
+from cl_bench.registry import get_strategy
+from cl_bench.results import RunResult, device_info, library_versions, load_result, save_result
+
+log = logging.getLogger("cl_bench")
+#: called after each task with (spec, task index, module); tests use it to interrupt a run
+TaskCallback = Callable[[RunSpec, int, ContinualModule], None]
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-Trainer banners (GPU available, ...)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*is an invalid configuration.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+
+
+def resolve_device(accelerator: str) -> str:
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+# ------------------------------------------------------------------ scenarios
+def scenario_key(spec: RunSpec) -> str:
+    return repr(sorted(spec.scenario.items())) + repr(sorted(spec.data.items()))
+
+
+def load_scenario(spec: RunSpec) -> Scenario:
+    cfg = {k: v for k, v in spec.scenario.items() if k != "augment"}
+    return build_scenario(cfg, root=spec.data.get("root"), download=bool(spec.data.get("download", False)))
+
+
+def augment_of(spec: RunSpec) -> Augment | None:
+    aug = spec.scenario.get("augment")
+    return Augment(**aug) if aug else None
+
+
+# ----------------------------------------------------------------- evaluation
+@dataclass
+class Evaluation:
+    acc: list[float]
+    loss: list[float]
+    train_loss: list[float]
+
+
+class Evaluator:
+    """Accuracy and loss of a module on every task's test set and training probe."""
+
+    def __init__(self, scenario: Scenario, device: str, batch_size: int, train_probe: int, seed: int = 0) -> None:
+        self.scenario, self.device, self.batch_size = scenario, device, batch_size
+        gen = torch.Generator().manual_seed(seed)
+        probes = [torch.randperm(t.n_train, generator=gen)[:train_probe] for t in scenario.tasks]
+        # device-resident copies, made once: (task, test x, test y, train-probe x, train-probe y)
+        self.data = [
+            (t, t.x_test.to(device), t.y_test.to(device), t.x_train[p].to(device), t.y_train[p].to(device))
+            for t, p in zip(scenario.tasks, probes)
+        ]
+
+    def _pass(self, module: ContinualModule, task: Task, x: Tensor, y: Tensor, train: bool) -> tuple[float, float]:
+        correct, loss_sum, n = 0, 0.0, 0
+        s = self.scenario
+        for xb, yb in iterate_eval(x, y, self.batch_size, device=self.device, mean=s.mean, std=s.std):
+            tb = torch.full_like(yb, task.id)
+            logits = module.train_logits(xb, tb) if train else module.eval_logits(xb, tb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+            n += yb.numel()
+        return correct / max(n, 1), loss_sum / max(n, 1)
+
+    @torch.no_grad()
+    def __call__(self, module: ContinualModule) -> Evaluation:
+        was_training = module.training
+        module.eval()
+        acc, loss, train_loss = [], [], []
+        for task, x_test, y_test, x_probe, y_probe in self.data:
+            a, l = self._pass(module, task, x_test, y_test, train=False)
+            acc.append(a)
+            loss.append(l)
+            if len(y_probe):  # trainer.train_loss_probe=0 turns the training-loss matrix off
+                train_loss.append(self._pass(module, task, x_probe, y_probe, train=True)[1])
+        module.train(was_training)
+        return Evaluation(acc, loss, train_loss)
+
+
+# ------------------------------------------------------------------- training
+def make_trainer(cfg: TrainerConfig, loggers: list | None = None, callbacks: list | None = None) -> L.Trainer:
+    """A Trainer with no per-step overhead beyond the optimisation itself
+    (Lightning's ``barebones`` mode unless loggers are attached)."""
+    quiet = {"barebones": True} if not loggers else {
+        "logger": loggers, "log_every_n_steps": 10, "enable_checkpointing": False,
+        "enable_progress_bar": False, "enable_model_summary": False,
+    }
+    return L.Trainer(
+        max_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        precision=cfg.precision,
+        deterministic=cfg.deterministic,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **quiet,
+    )
+
+
+def joint_task(scenario: Scenario) -> tuple[Task, Tensor]:
+    """Every task's training data as one task (for the joint upper bound)."""
+    x, y, ids = concat_tasks(scenario.tasks)
+    classes = sorted({c for t in scenario.tasks for c in t.classes})
+    last = scenario.tasks[-1]
+    return Task(last.id, classes, x, y, last.x_test, last.y_test), ids
+
+
+def build_module(spec: RunSpec, scenario: Scenario) -> ContinualModule:
+    cls = get_strategy(spec.strategy_class)
+    backbone = build_model(spec.model, scenario.input_shape, scenario.n_outputs, scenario.task_classes())
+    params = to_dataclass(cls.Params, spec.params, f"strategies.{spec.label}")
+    trainer = TrainerConfig(**spec.trainer)
+    return cls(backbone, scenario, params, OptimizerConfig(**spec.optimizer), trainer.mask_train_logits)
+
+
+def _peak_memory(device: str) -> dict[str, int]:
+    out = {"cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device == "cuda":
+        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+def run_one(
+    spec: RunSpec,
+    scenario: Scenario,
+    loggers: list | None = None,
+    on_task_end: TaskCallback | None = None,
+) -> RunResult:
+    """Train one strategy through the scenario and evaluate after every task."""
+    quiet_lightning()
+    trainer_cfg = TrainerConfig(**spec.trainer)
+    device = resolve_device(trainer_cfg.accelerator)
+    if device == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.cuda.reset_peak_memory_stats()
+    L.seed_everything(spec.seed, verbose=False)
+    module = build_module(spec, scenario).to(device)
+    evaluator = Evaluator(scenario, device, trainer_cfg.eval_batch_size, trainer_cfg.train_loss_probe)
+    start = time.perf_counter()
+    init = evaluator(module)
+    result = RunResult(
+        run_id=spec.run_id, label=spec.label, strategy=spec.strategy_class, family=module.family,
+        setting=spec.setting, seed=spec.seed, scenario=scenario.name, config=_spec_dict(spec),
+        config_hash=spec.config_hash(), acc_init=init.acc, loss_init=init.loss, train_loss_init=init.train_loss,
+        task_sizes={"train": [t.n_train for t in scenario.tasks], "test": [t.n_test for t in scenario.tasks]},
+        versions=library_versions(), device=device_info(device),
+    )
+    timings: dict[str, list[float]] = {"fit": [], "after_task": [], "eval": []}
+    phases = [joint_task(scenario)] if module.joint else [(t, torch.full((t.n_train,), t.id)) for t in scenario.tasks]
+    try:
+        for task, task_ids in phases:
+            module.before_task(task)
+            batches = TaskBatches(
+                task.x_train, task.y_train, task_ids, trainer_cfg.batch_size, device=device,
+                seed=spec.seed * 1_000_003 + task.id, mean=scenario.mean, std=scenario.std, augment=augment_of(spec),
+            )
+            t0 = time.perf_counter()
+            make_trainer(trainer_cfg, loggers).fit(module, train_dataloaders=batches)
+            t1 = time.perf_counter()
+            module.after_task(task)
+            t2 = time.perf_counter()
+            row = evaluator(module)
+            timings["fit"].append(t1 - t0)
+            timings["after_task"].append(t2 - t1)
+            timings["eval"].append(time.perf_counter() - t2)
+            result.acc.append(row.acc)
+            result.loss.append(row.loss)
+            result.train_loss.append(row.train_loss)
+            result.strategy_memory_bytes.append(module.state_bytes())
+            if on_task_end is not None:
+                on_task_end(spec, task.id, module)
+    except NonFiniteLossError as err:
+        result.status, result.error = "failed", str(err)
+    result.timings = {**timings, "total": time.perf_counter() - start}
+    result.peak_memory = _peak_memory(device)
+    if result.status == "ok":
+        fill_metrics(result)
+    return result
+
+
+def fill_metrics(result: RunResult, joint_acc: list[float] | None = None) -> None:
+    """Metric variants from the stored matrices (a joint run has only its final row)."""
+    if len(result.acc) == 1 and len(result.acc[0]) > 1:  # joint: final-row metrics only
+        report = compute_metrics([result.acc[0]] * len(result.acc[0]), None, result.task_sizes["test"], result.setting)
+        keep = ("acc", "acc_sample_weighted")
+        result.metrics = {k: report.values[k] for k in keep}
+        result.metrics_undefined = {"*": "joint training has no task sequence: only final-model metrics"}
+        return
+    report = compute_metrics(
+        result.acc, result.acc_init, result.task_sizes["test"], result.setting,
+        train_loss=result.train_loss if result.train_loss_init else None, joint_acc=joint_acc,
+    )
+    result.metrics, result.metrics_per_task, result.metrics_undefined = report.values, report.per_task, report.undefined
+
+
+def _spec_dict(spec: RunSpec) -> dict:
+    from dataclasses import asdict
+
+    return asdict(spec)
+
+
+# ------------------------------------------------------------------ the plan
+def result_path(output_dir: Path, spec: RunSpec) -> Path:
+    return output_dir / "runs" / spec.setting / spec.label / f"seed{spec.seed}.json"
+
+
+def result_spec(plan: Plan, result: RunResult) -> RunSpec:
+    return next(s for s in plan.runs if s.run_id == result.run_id)
+
+
+def finished(path: Path, spec: RunSpec) -> RunResult | None:
+    """The stored result of ``spec`` if it finished with the same configuration."""
+    if not path.exists():
+        return None
+    try:
+        stored = load_result(path)
+    except (ValueError, OSError, TypeError):
+        return None
+    return stored if stored.config_hash == spec.config_hash() and stored.status == "ok" else None
+
+
+def prepare(plan: Plan) -> dict[str, Scenario]:
+    """Load every scenario and build every module once: all errors before training."""
+    scenarios: dict[str, Scenario] = {}
+    for spec in plan.runs:
+        key = scenario_key(spec)
+        if key not in scenarios:
+            try:
+                scenarios[key] = load_scenario(spec)
+            except (ValueError, KeyError) as err:
+                raise ConfigError(f"scenario: {err}") from err
+        try:
+            build_module(spec, scenarios[key])
+        except (ValueError, KeyError) as err:
+            raise ConfigError(f"{spec.run_id}: {err}") from err
+    return scenarios
+
+
+def execute(plan: Plan, resume: bool = True, on_task_end: TaskCallback | None = None) -> Iterator[RunResult]:
+    """Run every spec of the plan (skipping finished ones when ``resume``); yield results."""
+    scenarios = prepare(plan)
+    for spec in plan.runs:
+        path = result_path(plan.output_dir, spec)
+        done = finished(path, spec) if resume else None
+        if done is not None:
+            yield done
+            continue
+        result = run_one(spec, scenarios[scenario_key(spec)], on_task_end=on_task_end)
+        save_result(result, path)
+        yield result
+
+
+def add_intransigence(results: list[RunResult]) -> None:
+    """Intransigence needs the joint model of the same setting and seed (Chaudhry et al. 2018)."""
+    joint = {(r.setting, r.seed): r.acc[0] for r in results if r.status == "ok" and r.strategy == "joint"}
+    for r in results:
+        if r.status == "ok" and r.strategy != "joint" and (r.setting, r.seed) in joint:
+            fill_metrics(r, joint_acc=joint[(r.setting, r.seed)])
