@@ -54,9 +54,14 @@ def raw_loop(
     device: str,
     seed: int,
 ) -> list[list[float]]:
-    """Fine-tuning in plain PyTorch; returns the accuracy matrix."""
+    """Fine-tuning in plain PyTorch; returns the accuracy matrix.
+
+    Like cl-bench's runner it also evaluates the untrained model once (the
+    ``b[j]`` row that forward transfer needs), so both do the same work.
+    """
     torch.manual_seed(seed)
     model = make_model().to(device)
+    accuracy_row(model, scenario, device)
     rows = []
     for task in scenario.tasks:
         opt = make_optimizer(model)

@@ -27,9 +27,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("overrides", nargs="*", help="key=value overrides (scenario=, model=, strategy=, experiment=, ...)")
     run.add_argument("--config", help="an experiment YAML file merged over configs/default.yaml")
-    run.add_argument("--fresh", action="store_true", help="re-train runs that already have results")
+    run.add_argument(
+        "--resume", action="store_true",
+        help="continue in an existing output directory (the default): finished runs are reused, "
+        "interrupted ones continue from their last task",
+    )
+    run.add_argument("--fresh", action="store_true", help="discard finished results and checkpoints and re-train")
     run.add_argument("--dry-run", action="store_true", help="validate the config and list the runs, train nothing")
     sub.add_parser("list", help="list scenarios, strategies, models and metrics")
+    sweep = sub.add_parser(
+        "sweep",
+        help="the grid of a config whose hyper-parameters are lists; --wandb writes a W&B Sweeps spec",
+        description="A list where a scalar is expected is a sweep axis (`strategies.ewc.lam=[1,10,100]`, "
+        "`optimizer.lr=[0.01,0.1]`); each grid point becomes a strategy label (`ewc@lam=10`). Without --wandb, "
+        "list the grid (`cl-bench run` with the same overrides runs it here). With --wandb, write sweep.yaml + "
+        "experiment.yaml for `wandb sweep` / `wandb agent` (one strategy x setting x seed per assignment).",
+    )
+    sweep.add_argument("overrides", nargs="*", help="key=value overrides, as for `cl-bench run`")
+    sweep.add_argument("--config", help="an experiment YAML file merged over configs/default.yaml")
+    sweep.add_argument("--wandb", action="store_true", help="write the W&B Sweeps spec")
+    sweep.add_argument("--out", help="folder of the spec (default: sweeps/<name>)")
+    sweep.add_argument("--mode", choices=("online", "offline"), default="online", help="W&B mode of the agents' runs")
+    report = sub.add_parser("report", help="write a Markdown report with plots from a `cl-bench run` output folder")
+    report.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (holds results.json)")
+    report.add_argument("--out", help="report folder (default: reports/<name>)")
     return p
 
 
@@ -37,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
         return cmd_list()
+    if args.command == "sweep":
+        return cmd_sweep(args)
+    if args.command == "report":
+        return cmd_report(args)
     return cmd_run(args)
 
 
@@ -100,11 +125,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(spec.run_id)
         console.print(f"{len(plan.runs)} runs -> {plan.output_dir}")
         return 0
+    if args.fresh and args.resume:
+        console.print("[bold red]config error:[/] --fresh and --resume contradict each other; pass one")
+        return 2
     return _execute(plan, console, resume=not args.fresh)
 
 
 def _execute(plan: Any, console: Any, resume: bool) -> int:
     from omegaconf import OmegaConf
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
     from rich.table import Table
 
     from cl_bench.config import ConfigError
@@ -114,17 +145,28 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
 
     interactive = console.is_terminal and not os.environ.get("CI")
     results = []
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not interactive,
+    )
+    n_tasks = int(plan.config.scenario.n_tasks)
+    bar = progress.add_task(plan.name, total=n_tasks * len(plan.runs))
+
+    def task_done(spec: Any, task_id: int, module: Any) -> None:
+        progress.update(bar, advance=1, description=spec.run_id)
+
     try:
-        for i, result in enumerate(execute(plan, resume=resume), 1):
-            status = "[green]ok[/]" if result.status == "ok" else f"[red]failed[/]: {result.error}"
-            acc = result.metrics.get("acc")
-            acc_s = f"acc={acc:.3f}" if acc is not None else ""
-            if interactive or result.status != "ok":
-                console.print(f"[{i}/{len(plan.runs)}] {result.run_id} {status} {acc_s} ({result.timings.get('total', 0):.1f}s)")
-            results.append(result)
+        with progress:
+            for i, result in enumerate(execute(plan, resume=resume, on_task_end=task_done, workers=plan.workers), 1):
+                progress.update(bar, completed=n_tasks * i)
+                if result.status != "ok":
+                    console.print(f"[red]failed[/] {result.run_id}: {result.error}")
+                results.append(result)
     except (ConfigError, DatasetNotFoundError) as err:
         console.print(f"[bold red]error:[/] {err}")
         return 2
+    order = {spec.run_id: i for i, spec in enumerate(plan.runs)}
+    results.sort(key=lambda r: order[r.run_id])
     add_intransigence(results)
     for result in results:  # intransigence is known only once the joint run exists
         if result.status == "ok":
@@ -146,6 +188,51 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
     failed = [r for r in results if r.status != "ok"]
     console.print(f"results: {out / 'results.json'} ({len(results)} runs, {len(failed)} failed)")
     return 1 if failed else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from cl_bench.config import ConfigError, build_plan, load_config
+    from cl_bench.wandb_sweep import apply_grid, sweep_axes, write_wandb_sweep
+
+    console = Console()
+    try:
+        cfg = load_config(args.overrides, args.config)
+        axes = sweep_axes(cfg)
+        plan = build_plan(apply_grid(cfg))  # every grid point validated before anything is written
+    except ConfigError as err:
+        console.print(f"[bold red]config error:[/] {err}")
+        return 2
+    for key, values in axes.items():
+        console.print(f"axis {key}: {values}")
+    if not args.wandb:
+        for label in plan.config.strategy:
+            console.print(label)
+        console.print(f"{len(plan.runs)} runs; run them here with `cl-bench run` and the same overrides "
+                      "(sweep.workers=N in parallel), or write a W&B Sweeps spec with --wandb")
+        return 0
+    path = write_wandb_sweep(cfg, Path(args.out or Path("sweeps") / plan.name), mode=args.mode)
+    console.print(f"{len(plan.runs)} runs -> {path}\nnext: `wandb sweep {path}`, then `wandb agent "
+                  f"ENTITY/PROJECT/SWEEP_ID` on each machine (see {path.parent / 'README.md'})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cl_bench.report import load_results, write_report
+
+    try:
+        name = load_results(Path(args.results_dir))[0]
+        readme = write_report(Path(args.results_dir), Path(args.out or Path("reports") / name))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {readme}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -57,8 +57,11 @@ class TrainerConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     deterministic: bool = True
+    num_threads: int = 0  # torch intra-op threads for this run; 0 = leave torch's default
 
     def __post_init__(self) -> None:
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
         for key in ("epochs", "batch_size", "eval_batch_size", "num_nodes"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -66,6 +69,17 @@ class TrainerConfig:
             raise ValueError(f"train_loss_probe must be >= 0, got {self.train_loss_probe}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be -1 (off) or >= 1, got {self.max_steps}")
+
+
+@dataclass
+class SweepConfig:
+    """How the runs of one experiment are executed on this machine."""
+
+    workers: int = 1  # processes in the local pool; 1 = in this process
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
 
 @dataclass
@@ -100,6 +114,7 @@ class Plan:
     output_dir: Path
     runs: list[RunSpec]
     config: DictConfig
+    workers: int = 1
 
 
 # ----------------------------------------------------------------- loading
@@ -211,6 +226,7 @@ def _container(node: Any) -> Any:
 def build_plan(cfg: DictConfig) -> Plan:
     """Validate the whole configuration and expand it into runs (no training)."""
     from cl_bench.data.scenarios import parse_scenario_cfg
+    from cl_bench.geometry.config import ChecksConfig
     from cl_bench.module import OptimizerConfig
     from cl_bench.registry import get_strategy
 
@@ -259,4 +275,6 @@ def build_plan(cfg: DictConfig) -> Plan:
                         data=_container(cfg.data) or {}, checks=_container(cfg.get("checks")) or {},
                     )
                 )
-    return Plan(name=name, output_dir=Path(str(cfg.output.dir)), runs=runs, config=cfg)
+    to_dataclass(ChecksConfig, cfg.get("checks"), "checks")
+    sweep = to_dataclass(SweepConfig, cfg.get("sweep"), "sweep")
+    return Plan(name=name, output_dir=Path(str(cfg.output.dir)), runs=runs, config=cfg, workers=sweep.workers)

@@ -13,7 +13,9 @@ import resource
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -21,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
 from cl_bench.data import Scenario, Task, TaskBatches, build_scenario, concat_tasks, iterate_eval
 from cl_bench.data.batching import Augment
+from cl_bench.geometry import ChecksConfig, GeometryTracker
 from cl_bench.metrics import compute_metrics
 from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig
@@ -164,53 +168,89 @@ def run_one(
     scenario: Scenario,
     loggers: list | None = None,
     on_task_end: TaskCallback | None = None,
+    checkpoint: Path | None = None,
 ) -> RunResult:
-    """Train one strategy through the scenario and evaluate after every task."""
+    """Train one strategy through the scenario and evaluate after every task.
+
+    With ``checkpoint``, the state after every task is saved there, and a run
+    that finds a checkpoint of the same configuration continues after its
+    last finished task (the same result as an uninterrupted run).
+    """
     quiet_lightning()
     trainer_cfg = TrainerConfig(**spec.trainer)
     device = resolve_device(trainer_cfg.accelerator)
     if device == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.cuda.reset_peak_memory_stats()
+    if trainer_cfg.num_threads:
+        torch.set_num_threads(trainer_cfg.num_threads)
     L.seed_everything(spec.seed, verbose=False)
     module = build_module(spec, scenario).to(device)
     evaluator = Evaluator(scenario, device, trainer_cfg.eval_batch_size, trainer_cfg.train_loss_probe)
-    start = time.perf_counter()
-    init = evaluator(module)
-    result = RunResult(
-        run_id=spec.run_id, label=spec.label, strategy=spec.strategy_class, family=module.family,
-        setting=spec.setting, seed=spec.seed, scenario=scenario.name, config=_spec_dict(spec),
-        config_hash=spec.config_hash(), acc_init=init.acc, loss_init=init.loss, train_loss_init=init.train_loss,
-        task_sizes={"train": [t.n_train for t in scenario.tasks], "test": [t.n_test for t in scenario.tasks]},
-        versions=library_versions(), device=device_info(device),
-    )
-    timings: dict[str, list[float]] = {"fit": [], "after_task": [], "eval": []}
     phases = [joint_task(scenario)] if module.joint else [(t, torch.full((t.n_train,), t.id)) for t in scenario.tasks]
+    checks = to_dataclass(ChecksConfig, spec.checks, "checks")
+    tracker = GeometryTracker(checks, scenario, device) if checks.enabled and not module.joint else None
+    start = time.perf_counter()
+    saved = load_checkpoint(checkpoint, spec.config_hash()) if checkpoint else None
+    if saved is not None:
+        module.load_state_dict(saved["module"])
+        result = RunResult(**saved["result"])
+        set_rng_state(saved["rng"])
+        if tracker is not None:
+            tracker.load_state_dict(saved["tracker"], module)
+        start -= result.timings["elapsed"]
+    else:
+        init = evaluator(module)
+        result = RunResult(
+            run_id=spec.run_id, label=spec.label, strategy=spec.strategy_class, family=module.family,
+            setting=spec.setting, seed=spec.seed, scenario=scenario.name, config=asdict(spec),
+            config_hash=spec.config_hash(), acc_init=init.acc, loss_init=init.loss, train_loss_init=init.train_loss,
+            task_sizes={"train": [t.n_train for t in scenario.tasks], "test": [t.n_test for t in scenario.tasks]},
+            versions=library_versions(), device=device_info(device),
+            timings={"fit": [], "after_task": [], "eval": [], "checks": []},
+        )
+    timings = result.timings
     try:
-        for task, task_ids in phases:
+        for task, task_ids in phases[len(result.acc):]:
             module.before_task(task)
             batches = TaskBatches(
                 task.x_train, task.y_train, task_ids, trainer_cfg.batch_size, device=device,
                 seed=spec.seed * 1_000_003 + task.id, mean=scenario.mean, std=scenario.std, augment=augment_of(spec),
             )
             t0 = time.perf_counter()
-            make_trainer(trainer_cfg, loggers).fit(module, train_dataloaders=batches)
+            callbacks = [tracker.callback()] if tracker is not None else None
+            make_trainer(trainer_cfg, loggers, callbacks).fit(module, train_dataloaders=batches)
             t1 = time.perf_counter()
             module.after_task(task)
             t2 = time.perf_counter()
             row = evaluator(module)
             timings["fit"].append(t1 - t0)
             timings["after_task"].append(t2 - t1)
-            timings["eval"].append(time.perf_counter() - t2)
+            t3 = time.perf_counter()
+            timings["eval"].append(t3 - t2)
+            if tracker is not None:  # checks of every past task at theta_t, then task t's own snapshot
+                tracker.check(module, task.id)
+                tracker.snapshot(module, task)
+                timings["checks"].append(time.perf_counter() - t3)
             result.acc.append(row.acc)
             result.loss.append(row.loss)
             result.train_loss.append(row.train_loss)
             result.strategy_memory_bytes.append(module.state_bytes())
+            if checkpoint is not None and len(result.acc) < len(phases):
+                timings["elapsed"] = time.perf_counter() - start
+                save_checkpoint(
+                    checkpoint,
+                    {"config_hash": spec.config_hash(), "module": module.state_dict(), "result": result.to_dict(),
+                     "rng": rng_state(), "tracker": tracker.state_dict() if tracker is not None else None},
+                )
             if on_task_end is not None:
                 on_task_end(spec, task.id, module)
     except NonFiniteLossError as err:
         result.status, result.error = "failed", str(err)
-    result.timings = {**timings, "total": time.perf_counter() - start}
+    timings.pop("elapsed", None)
+    timings["total"] = time.perf_counter() - start
+    if tracker is not None:
+        result.checks = tracker.summary()
     result.peak_memory = _peak_memory(device)
     if result.status == "ok":
         fill_metrics(result)
@@ -230,12 +270,6 @@ def fill_metrics(result: RunResult, joint_acc: list[float] | None = None) -> Non
         train_loss=result.train_loss if result.train_loss_init else None, joint_acc=joint_acc,
     )
     result.metrics, result.metrics_per_task, result.metrics_undefined = report.values, report.per_task, report.undefined
-
-
-def _spec_dict(spec: RunSpec) -> dict:
-    from dataclasses import asdict
-
-    return asdict(spec)
 
 
 # ------------------------------------------------------------------ the plan
@@ -275,18 +309,64 @@ def prepare(plan: Plan) -> dict[str, Scenario]:
     return scenarios
 
 
-def execute(plan: Plan, resume: bool = True, on_task_end: TaskCallback | None = None) -> Iterator[RunResult]:
-    """Run every spec of the plan (skipping finished ones when ``resume``); yield results."""
+def checkpoint_path(output_dir: Path, spec: RunSpec) -> Path:
+    return output_dir / "checkpoints" / spec.setting / spec.label / f"seed{spec.seed}.pt"
+
+
+def run_and_save(
+    spec: RunSpec, scenario: Scenario, output_dir: Path, on_task_end: TaskCallback | None = None
+) -> RunResult:
+    """One run with per-task checkpoints; its result file replaces the checkpoint when done."""
+    ckpt = checkpoint_path(output_dir, spec)
+    result = run_one(spec, scenario, on_task_end=on_task_end, checkpoint=ckpt)
+    save_result(result, result_path(output_dir, spec))
+    ckpt.unlink(missing_ok=True)
+    return result
+
+
+_WORKER_SCENARIOS: dict[str, Scenario] = {}
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
+
+
+def _worker_run(spec: RunSpec, output_dir: Path) -> RunResult:
+    key = scenario_key(spec)
+    if key not in _WORKER_SCENARIOS:
+        _WORKER_SCENARIOS[key] = load_scenario(spec)
+    return run_and_save(spec, _WORKER_SCENARIOS[key], output_dir)
+
+
+def execute(
+    plan: Plan, resume: bool = True, on_task_end: TaskCallback | None = None, workers: int = 1
+) -> Iterator[RunResult]:
+    """Run every spec of the plan; yield results as they finish.
+
+    With ``resume`` (the default) finished runs with the same configuration are
+    loaded instead of re-trained and interrupted runs continue from their last
+    checkpoint; otherwise both are discarded. ``workers > 1`` runs specs in a
+    process pool (``on_task_end`` is then not called).
+    """
     scenarios = prepare(plan)
+    todo = []
     for spec in plan.runs:
-        path = result_path(plan.output_dir, spec)
-        done = finished(path, spec) if resume else None
+        done = finished(result_path(plan.output_dir, spec), spec) if resume else None
         if done is not None:
             yield done
             continue
-        result = run_one(spec, scenarios[scenario_key(spec)], on_task_end=on_task_end)
-        save_result(result, path)
-        yield result
+        if not resume:
+            checkpoint_path(plan.output_dir, spec).unlink(missing_ok=True)
+        todo.append(spec)
+    if workers <= 1 or len(todo) <= 1:
+        for spec in todo:
+            yield run_and_save(spec, scenarios[scenario_key(spec)], plan.output_dir, on_task_end)
+        return
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = [pool.submit(_worker_run, spec, plan.output_dir) for spec in todo]
+        for future in as_completed(futures):
+            yield future.result()
 
 
 def add_intransigence(results: list[RunResult]) -> None:

@@ -1,0 +1,116 @@
+"""Configuration of the guarantee checks (config key ``checks``; GEOMETRY.md for the formulas).
+
+Every threshold is a design choice, not a theorem: the records always carry
+the measured numbers next to the threshold and the verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .operators import CURVATURES
+
+CHECKS: dict[str, str] = {
+    "C0": "stationarity",
+    "C1": "psd_anchor",
+    "C2": "taylor_fidelity",
+    "C3": "curvature_energy",
+    "C4": "spectral_sandwich",
+    "C5": "step_leakage",
+    "C6": "validity_radius",
+    "C7": "remainder",
+    "C8": "function_drift",
+    "C9": "curvature_staleness",
+    "C10": "update_size",
+    "C11": "lmc_barrier",
+    "C12": "landscape",
+}
+DEFAULT_CHECKS: tuple[str, ...] = tuple(c for c in CHECKS if c != "C9")
+
+
+@dataclass
+class LipschitzConfig:
+    """C12 Lipschitz bounds of the logits w.r.t. the (normalised) input."""
+
+    enabled: bool = True
+    samples: int = 256  # probe samples for the lower bound max_x ||J_f(x)||_2
+    power_iters: int = 30  # power iterations per convolution for the upper bound
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.power_iters < 1:
+            raise ValueError("checks.lipschitz.samples and checks.lipschitz.power_iters must be >= 1")
+
+
+@dataclass
+class ChecksConfig:
+    """Curvature snapshots at the end of every task and checks C0-C12 of every past task after every task."""
+
+    enabled: bool = True
+    which: list[str] = field(default_factory=lambda: list(DEFAULT_CHECKS))
+    k: int = 10  # top eigenpairs per task (k + 1 are computed: lambda_{k+1} enters the C4 upper bound)
+    curvature: str = "hessian"  # hessian | ggn | fisher (= ggn for cross-entropy) | empirical_fisher
+    probe_size: int = 2000  # training samples per task in S_o (all of them when the task is smaller)
+    probe_batch_size: int = 0  # chunk size of curvature products; 0 = the whole probe set at once
+    lanczos_iters: int = 60  # Krylov dimension cap
+    lanczos_tol: float = 1e-3  # stop when every wanted residual <= tol * |lambda_1|
+    hutchinson_probes: int = 8  # Rademacher probes for the (deflated) trace
+    eigvec_budget_mb: float = 512.0  # all stored eigenvectors together; above it fewer k are kept (warning)
+    seed: int = 0  # probe-set selection and random directions
+    # C0: linear share |g^T D| / (|g^T D| + |D^T H D| / 2) of the prediction
+    stationarity_tol: float = 0.1
+    # C1: lambda_min >= -psd_tol * lambda_1
+    psd_tol: float = 0.01
+    # C2: kappa = |E - E_hat| / max(|E|, loss_eps)
+    kappa_tol: float = 0.2
+    loss_eps: float = 1e-4  # loss differences below this (nats) count as zero in relative errors
+    # C3: rho <= energy_tol * (tr H / (P lambda_1))
+    energy_tol: float = 1.0
+    # C5: mean per-step leakage ||V_k^T d|| / ||d|| into each past task's basis
+    leakage_tol: float = 0.1
+    # C6: relative error of the second-order model along each direction <= radius_tol
+    radii: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+    radius_tol: float = 0.2
+    radius_eigvecs: int = 1  # top eigenvectors used as directions
+    radius_random: int = 1  # random unit directions
+    # C7: rho_hat ||D||^3 / 6 <= remainder_tol * max(|E_hat|, loss_eps)
+    remainder_tol: float = 0.5
+    # C8: mean ||f_t(x) - f_o(x)||^2 / mean ||f_o(x)||^2 <= drift_tol
+    drift_tol: float = 0.05
+    # C9 (optional): ||V_k(theta_o)^T V_k(theta_t)||_F^2 / k >= staleness_tol
+    staleness_tol: float = 0.5
+    # C11: barrier <= barrier_tol (nats)
+    lmc_alphas: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    lmc_layerwise: bool = True
+    lmc_layer_alphas: list[float] = field(default_factory=lambda: [0.5])
+    barrier_tol: float = 0.05
+    # C12: numerical rank from the dense float64 Hessian only up to this many parameters
+    rank_max_params: int = 2000
+    lipschitz: LipschitzConfig = field(default_factory=LipschitzConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.which if c not in CHECKS]
+        if unknown:
+            raise ValueError(f"checks.which: unknown check id(s) {unknown}; valid: {', '.join(CHECKS)}")
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"checks.curvature={self.curvature!r}; valid: {', '.join(CURVATURES)}")
+        for key in ("k", "probe_size", "lanczos_iters"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"checks.{key} must be >= 1, got {getattr(self, key)}")
+        if self.hutchinson_probes < 2:
+            raise ValueError(f"checks.hutchinson_probes must be >= 2 (for an error bar), got {self.hutchinson_probes}")
+        if self.probe_batch_size < 0 or self.radius_eigvecs < 0 or self.radius_random < 0 or self.rank_max_params < 0:
+            raise ValueError("checks.probe_batch_size, radius_eigvecs, radius_random, rank_max_params must be >= 0")
+        if self.eigvec_budget_mb < 0:
+            raise ValueError(f"checks.eigvec_budget_mb must be >= 0, got {self.eigvec_budget_mb}")
+        if not self.radii or any(r <= 0 for r in self.radii):
+            raise ValueError(f"checks.radii must be a non-empty list of positive radii, got {self.radii}")
+        for key in ("lmc_alphas", "lmc_layer_alphas"):
+            if any(not 0 < a < 1 for a in getattr(self, key)):
+                raise ValueError(f"checks.{key} must lie strictly between 0 and 1, got {getattr(self, key)}")
+        for key in ("stationarity_tol", "psd_tol", "kappa_tol", "loss_eps", "energy_tol", "leakage_tol", "radius_tol",
+                    "remainder_tol", "drift_tol", "staleness_tol", "barrier_tol", "lanczos_tol"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"checks.{key} must be >= 0, got {getattr(self, key)}")
+
+    def wants(self, check_id: str) -> bool:
+        return self.enabled and check_id in self.which

@@ -1,0 +1,294 @@
+"""GeometryTracker: curvature snapshots at the end of each task, checks of past tasks after each task,
+per-step leakage during training, and the run's certificate (GEOMETRY.md).
+
+Runner protocol, per task t (not for ``joint`` runs):
+``Trainer(callbacks=[tracker.callback()]).fit(...)`` -> ``module.after_task(task)`` ->
+``tracker.check(module, t)`` (past tasks o < t) -> ``tracker.snapshot(module, task)``;
+after the last task ``result.checks = tracker.summary()``.
+The loss of task o is the module's training objective on its logits
+(``train_logits`` + cross-entropy, eval mode), never the strategy's penalty.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from cl_bench.data import Scenario, Task, iterate_eval
+from cl_bench.models import MultiHead
+
+from .certificate import certificate
+from .checks import PairChecks, record
+from .config import ChecksConfig
+from .lipschitz import lipschitz_lower, lipschitz_upper
+from .objective import ParamLayout, flat_params, module_objective
+from .operators import make_operator
+from .snapshot import Snapshot, take_snapshot
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm running statistics, no dropout) and autograd on, restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        module.train(was_training)
+
+
+def used_columns(module: nn.Module, task: Task) -> list[int] | None:
+    """Outputs task o's loss depends on: its classes when other outputs are masked (multi-head, masked training)."""
+    head = getattr(getattr(module, "backbone", None), "head", None)
+    return list(task.classes) if isinstance(head, MultiHead) or getattr(module, "mask_train_logits", False) else None
+
+
+class GeometryTracker:
+    """Snapshots, checks and leakage of one run (one tracker per run)."""
+
+    def __init__(self, cfg: ChecksConfig, scenario: Scenario, device: torch.device | str) -> None:
+        self.cfg, self.scenario, self.device = cfg, scenario, torch.device(device)
+        self.snapshots: dict[int, Snapshot] = {}
+        self.records: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self._steps: dict[int, list[Tensor]] = defaultdict(list)  # task t -> per-step [||d||, leak_o...]
+        self._step_tasks: dict[int, list[int]] = {}  # task t -> past tasks o in column order
+        self._stored_bytes = 0
+
+    # ------------------------------------------------------------------ probes
+    def probe_set(self, task: Task) -> tuple[Tensor, Tensor]:
+        """S_o: ``probe_size`` training samples of the task (fixed by ``checks.seed``), normalised, on device."""
+        n = min(self.cfg.probe_size, task.n_train)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + task.id)
+        idx = torch.randperm(task.n_train, generator=gen)[:n].sort().values
+        s = self.scenario
+        x, y = next(iterate_eval(task.x_train[idx], task.y_train[idx], n, self.device, s.mean, s.std))
+        return x, y
+
+    def _k_within_budget(self, n_params: int, elem_bytes: int) -> int:
+        per_vec = n_params * elem_bytes
+        room = int(self.cfg.eigvec_budget_mb * 2**20) - self._stored_bytes
+        k = max(0, min(self.cfg.k, room // per_vec))
+        if k < self.cfg.k:
+            msg = (f"checks.eigvec_budget_mb={self.cfg.eigvec_budget_mb}: keeping {k} of k={self.cfg.k} eigenvectors "
+                   f"({per_vec / 2**20:.2f} MB each, {self._stored_bytes / 2**20:.1f} MB stored); "
+                   "raise checks.eigvec_budget_mb or lower checks.k")
+            warnings.warn(msg, stacklevel=3)
+            self.warnings.append(msg)
+        return k
+
+    # -------------------------------------------------------------- snapshot
+    def snapshot(self, module: nn.Module, task: Task) -> list[dict[str, Any]]:
+        """Snapshot of task o = ``task.id`` at the module's current parameters; returns its C12 record."""
+        if not self.cfg.enabled:
+            return []
+        with eval_mode(module):
+            x, y = self.probe_set(task)
+            obj = module_objective(module, x, y, task.id, self.cfg.probe_batch_size or None)
+            theta = flat_params(module)
+            k = self._k_within_budget(theta.numel(), theta.element_size())
+            snap = take_snapshot(obj, theta, task.id, self.cfg, k, used_columns(module, task))
+            self._stored_bytes += snap.eigvecs.numel() * snap.eigvecs.element_size()
+            self.snapshots[task.id] = snap
+            recs = [self._landscape(module, snap)] if self.cfg.wants("C12") else []
+        self.records.extend(recs)
+        return recs
+
+    def _landscape(self, module: nn.Module, snap: Snapshot) -> dict[str, Any]:
+        """C12 (descriptive): lambda_1, trace, top-k energy, numerical rank, Lipschitz bounds."""
+        t0, o, cfg = time.perf_counter(), snap.task, self.cfg
+        hvp = 0
+        vals: dict[str, Any] = {
+            "lambda_1": snap.lambda_1, "lambda_min": snap.lambda_min, "trace": snap.trace,
+            "trace_std_error": snap.trace_std_error,
+            "top_k_energy": float(snap.eigvals[: cfg.k].sum()) / snap.trace if snap.trace else math.nan,
+            "numerical_rank": None, "lipschitz_lower": None, "lipschitz_upper": None,
+        }
+        reasons = []
+        floating_buffers = any(b.is_floating_point() for b in module.buffers())
+        if snap.theta.numel() > cfg.rank_max_params:
+            reasons.append(f"numerical rank: {snap.theta.numel()} params > checks.rank_max_params")
+        elif floating_buffers:
+            reasons.append("numerical rank: float64 Hessian needs a model without floating buffers (BatchNorm)")
+        else:
+            op = make_operator(cfg.curvature, snap.objective, snap.theta.double())
+            ev = torch.linalg.eigvalsh(op.dense(cfg.rank_max_params))
+            hvp += op.n_matvec
+            vals["numerical_rank"] = int((ev.abs() > ev.abs().max() * ev.numel() * torch.finfo(ev.dtype).eps).sum())
+        if cfg.lipschitz.enabled:
+            x = snap.objective.x[: cfg.lipschitz.samples].to(snap.theta.dtype)
+            tid = torch.full((x.shape[0],), o, dtype=torch.long, device=x.device)
+            cols = snap.columns
+
+            def logits(xb: Tensor) -> Tensor:
+                z = module.train_logits(xb, tid)
+                return z[:, cols] if cols is not None else z
+
+            vals["lipschitz_lower"] = lipschitz_lower(logits, x)
+            chain, head_w, why = self._chain(module, o, cols)
+            if chain is not None:
+                vals["lipschitz_upper"], why = lipschitz_upper(chain, head_w, x, cfg.lipschitz.power_iters)
+            if why:
+                reasons.append(f"lipschitz upper: {why}")
+        rec = record("C12", o, o, "n/a", vals, None, "; ".join(["descriptive", *reasons]))
+        rec["cost"] = {"hvp": hvp, "seconds": time.perf_counter() - t0}
+        return rec
+
+    @staticmethod
+    def _chain(module: nn.Module, o: int, cols: list[int] | None
+               ) -> tuple[list[nn.Module] | None, Tensor | None, str | None]:
+        backbone = getattr(module, "backbone", None)
+        body, head = getattr(backbone, "body", None), getattr(backbone, "head", None)
+        if not isinstance(body, nn.Sequential):
+            return None, None, "backbone has no sequential body"
+        if isinstance(head, MultiHead):
+            return list(body), head.heads[o].weight, None
+        if isinstance(head, nn.Linear):
+            return list(body), head.weight[cols] if cols is not None else head.weight, None
+        return None, None, f"head {type(head).__name__} is not linear"
+
+    # ------------------------------------------------------------------ checks
+    def check(self, module: nn.Module, t: int) -> list[dict[str, Any]]:
+        """Checks C0-C11 of every snapshot o < t at the module's current parameters theta_t."""
+        if not self.cfg.enabled:
+            return []
+        out: list[dict[str, Any]] = []
+        with eval_mode(module):
+            theta_t = flat_params(module)
+            prev = self.snapshots[t - 1].theta if t - 1 in self.snapshots else None
+            groups = ParamLayout.of(module).groups()
+            steps = self._step_matrix(t)
+            for o in sorted(s for s in self.snapshots if s < t):
+                snap = self.snapshots[o]
+                if snap.theta.numel() != theta_t.numel():
+                    raise ValueError(f"checks: the module has {theta_t.numel()} parameters after task {t} but "
+                                     f"{snap.theta.numel()} at task {o}'s snapshot; parameters must not change shape")
+                leak = None
+                if steps is not None and o in self._step_tasks[t]:
+                    leak = steps[:, 1 + self._step_tasks[t].index(o)]
+                out += PairChecks(snap, theta_t, t, self.cfg, prev, leak, groups).run(self.cfg.which)
+        self.records.extend(out)
+        return out
+
+    def begin_steps(self, t: int) -> list[int]:
+        """Start recording task t's steps: the past tasks o < t with stored eigenvectors (its C5 columns)."""
+        if not self.cfg.wants("C5"):
+            return []
+        past = [o for o in sorted(self.snapshots) if o < t and self.snapshots[o].k > 0]
+        self._step_tasks[t] = past
+        return past
+
+    def add_step(self, t: int, row: Tensor) -> None:
+        """One optimiser step of task t: ``[||d_s||, leak_o for o in begin_steps(t)]`` (kept on the device)."""
+        self._steps[t].append(row)
+
+    def _step_matrix(self, t: int) -> Tensor | None:
+        """Per-step rows [||d_s||, leak_o...] of task t, zero updates dropped."""
+        rows = self._steps.get(t)
+        if not rows:
+            return None
+        m = torch.stack(rows)
+        return m[m[:, 0] > 0]
+
+    # ------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: snapshots (without their probe objective, rebuilt on load) and records."""
+        snaps = {o: {f.name: getattr(s, f.name) for f in fields(s) if f.name != "objective"}
+                 for o, s in self.snapshots.items()}
+        return {"snapshots": snaps, "records": self.records, "warnings": self.warnings,
+                "steps": dict(self._steps), "step_tasks": self._step_tasks, "stored_bytes": self._stored_bytes}
+
+    def load_state_dict(self, state: dict[str, Any], module: nn.Module) -> None:
+        """Restore :meth:`state_dict` for ``module`` (the probe objectives are rebuilt from the fixed probe sets)."""
+        def to_device(v: Any) -> Any:
+            return v.to(self.device) if isinstance(v, Tensor) else v
+
+        with eval_mode(module):
+            for o, saved in state["snapshots"].items():
+                x, y = self.probe_set(self.scenario.tasks[o])
+                obj = module_objective(module, x, y, o, self.cfg.probe_batch_size or None)
+                self.snapshots[o] = Snapshot(objective=obj, **{k: to_device(v) for k, v in saved.items()})
+        self.records, self.warnings = state["records"], state["warnings"]
+        self._steps = defaultdict(list, {t: [to_device(r) for r in rows] for t, rows in state["steps"].items()})
+        self._step_tasks, self._stored_bytes = state["step_tasks"], state["stored_bytes"]
+
+    # ---------------------------------------------------------------- callback
+    def callback(self) -> L.Callback:
+        """Lightning callback measuring C5 leakage of every optimiser step into the stored bases of past tasks."""
+        return LeakageCallback(self)
+
+    # ----------------------------------------------------------------- summary
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: config, snapshot records, all check records, certificate, verdict counts, cost per check."""
+        verdicts: dict[str, Counter] = defaultdict(Counter)
+        cost: dict[str, dict[str, float]] = defaultdict(lambda: {"hvp": 0, "seconds": 0.0})
+        for r in self.records:
+            verdicts[r["id"]][r["verdict"]] += 1
+            cost[r["id"]]["hvp"] += r["cost"]["hvp"]
+            cost[r["id"]]["seconds"] += r["cost"]["seconds"]
+        for s in self.snapshots.values():
+            for part, c in s.record["cost"].items():
+                cost[f"snapshot_{part}"]["hvp"] += c["hvp"]
+                cost[f"snapshot_{part}"]["seconds"] += c["seconds"]
+        return {
+            "config": asdict(self.cfg), "snapshots": [self.snapshots[o].record for o in sorted(self.snapshots)],
+            "records": self.records, "certificate": certificate(self.records, self.cfg.loss_eps),
+            "verdicts": {k: dict(v) for k, v in verdicts.items()}, "cost": dict(cost), "warnings": self.warnings,
+        }
+
+
+class LeakageCallback(L.Callback):
+    """C5: after every optimiser step s of task t, leak_o(s) = ||V_o^T d_s|| / ||d_s|| for each past o.
+
+    d_s is the parameter change between consecutive ``on_train_batch_start`` calls
+    (and ``on_train_end``), so projections applied by the module after the step
+    (in its own ``on_train_batch_end``) are included. One [P, K] x [P] product per
+    step (K = sum of stored k); values stay on the device until the checks run.
+    """
+
+    def __init__(self, tracker: GeometryTracker) -> None:
+        self.tracker = tracker
+        self._prev: Tensor | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t = pl_module.current_task
+        past = self.tracker.begin_steps(self._t)
+        self._prev = None
+        if not past:
+            return
+        snaps = self.tracker.snapshots
+        self._basis = torch.cat([snaps[o].eigvecs for o in past], dim=1)  # [P, K]
+        self._segments = torch.cat([torch.full((snaps[o].k,), i, device=self._basis.device)
+                                    for i, o in enumerate(past)])
+        self._n_past = len(past)
+        self._prev = flat_params(pl_module)
+
+    def _measure(self, pl_module: L.LightningModule) -> None:
+        if self._prev is None:
+            return
+        theta = flat_params(pl_module)
+        d, self._prev = theta - self._prev, theta
+        proj2 = (self._basis.T @ d) ** 2
+        per_task = torch.zeros(self._n_past, dtype=d.dtype, device=d.device).index_add_(0, self._segments, proj2)
+        norm = d.norm()
+        leak = per_task.sqrt() / norm.clamp_min(torch.finfo(d.dtype).tiny)
+        self.tracker.add_step(self._t, torch.cat([norm[None], leak]))
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._measure(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._measure(pl_module)
+        self._prev = None
