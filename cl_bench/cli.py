@@ -111,12 +111,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from cl_bench.config import ConfigError, build_plan, load_config
+    from cl_bench.loggers import logger_config
+    from cl_bench.wandb_sweep import apply_grid, check_agent_plan
 
     console = Console()
     if not console.is_terminal:
         console.width = 160
     try:
-        plan = build_plan(load_config(args.overrides, args.config))
+        cfg = apply_grid(load_config(args.overrides, args.config))  # list-valued hyper-parameters -> labels
+        plan = build_plan(cfg)
+        logger_config(cfg.get("logger"))
+        check_agent_plan(plan)
     except ConfigError as err:
         console.print(f"[bold red]config error:[/] {err}")
         return 2
@@ -185,6 +190,13 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
             if key.startswith(setting + "/"):
                 table.add_row(key.split("/", 1)[1], *(_fmt(stats.get(m)) for m in (*HEADLINE, "time_s")))
         console.print(table)
+    if any(r.checks for r in results):
+        from cl_bench.geometry.plots import plot_forgetting_vs_update_size, plot_predicted_vs_measured
+        from cl_bench.geometry.table import guarantee_table
+
+        console.print(guarantee_table(results))
+        plot_predicted_vs_measured(results, out / "geometry_predicted_vs_measured.png")
+        plot_forgetting_vs_update_size(results, out / "geometry_forgetting_vs_update.png")
     failed = [r for r in results if r.status != "ok"]
     console.print(f"results: {out / 'results.json'} ({len(results)} runs, {len(failed)} failed)")
     return 1 if failed else 0

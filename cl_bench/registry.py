@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from cl_bench.module import ContinualModule
 
 _REGISTRY: dict[str, type[ContinualModule]] = {}
+#: listing order of the families (the mission's: baselines, local, global, isolation)
+FAMILIES = ("baseline", "local", "global", "isolation")
 T = TypeVar("T", bound="type[ContinualModule]")
 
 
@@ -39,14 +41,14 @@ def _discover() -> None:
 
 
 def strategy_names() -> list[str]:
-    """All registered names, in registration order."""
+    """All registered names, by family, each family in its module's definition order."""
     _discover()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY, key=lambda n: FAMILIES.index(_REGISTRY[n].family))
 
 
 def get_strategy(name: str) -> type[ContinualModule]:
     """The class registered as ``name``; unknown names list the valid ones."""
     _discover()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown strategy {name!r}; valid: {', '.join(_REGISTRY)}")
+        raise KeyError(f"unknown strategy {name!r}; valid: {', '.join(strategy_names())}")
     return _REGISTRY[name]

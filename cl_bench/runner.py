@@ -14,8 +14,8 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import lightning as L
@@ -28,13 +28,13 @@ from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_datacl
 from cl_bench.data import Scenario, Task, TaskBatches, build_scenario, concat_tasks, iterate_eval
 from cl_bench.data.batching import Augment
 from cl_bench.geometry import ChecksConfig, GeometryTracker
+from cl_bench.loggers import LoggerConfig, RunLogger, logger_config
 from cl_bench.metrics import compute_metrics
 from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig
 from cl_bench.registry import get_strategy
 from cl_bench.results import RunResult, device_info, library_versions, load_result, save_result
 
-log = logging.getLogger("cl_bench")
 #: called after each task with (spec, task index, module); tests use it to interrupt a run
 TaskCallback = Callable[[RunSpec, int, ContinualModule], None]
 
@@ -46,6 +46,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*is an invalid configuration.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated.*")
 
 
 def resolve_device(accelerator: str) -> str:
@@ -117,11 +118,13 @@ class Evaluator:
 
 
 # ------------------------------------------------------------------- training
-def make_trainer(cfg: TrainerConfig, loggers: list | None = None, callbacks: list | None = None) -> L.Trainer:
+def make_trainer(
+    cfg: TrainerConfig, loggers: list | None = None, callbacks: list | None = None, log_every_n_steps: int = 10
+) -> L.Trainer:
     """A Trainer with no per-step overhead beyond the optimisation itself
     (Lightning's ``barebones`` mode unless loggers are attached)."""
     quiet = {"barebones": True} if not loggers else {
-        "logger": loggers, "log_every_n_steps": 10, "enable_checkpointing": False,
+        "logger": loggers, "log_every_n_steps": log_every_n_steps, "enable_checkpointing": False,
         "enable_progress_bar": False, "enable_model_summary": False,
     }
     return L.Trainer(
@@ -166,7 +169,7 @@ def _peak_memory(device: str) -> dict[str, int]:
 def run_one(
     spec: RunSpec,
     scenario: Scenario,
-    loggers: list | None = None,
+    run_logger: RunLogger | None = None,
     on_task_end: TaskCallback | None = None,
     checkpoint: Path | None = None,
 ) -> RunResult:
@@ -190,6 +193,8 @@ def run_one(
     phases = [joint_task(scenario)] if module.joint else [(t, torch.full((t.n_train,), t.id)) for t in scenario.tasks]
     checks = to_dataclass(ChecksConfig, spec.checks, "checks")
     tracker = GeometryTracker(checks, scenario, device) if checks.enabled and not module.joint else None
+    loggers = run_logger.lightning_loggers() if run_logger is not None else None
+    log_every = run_logger.cfg.log_every_n_steps if run_logger is not None else 10
     start = time.perf_counter()
     saved = load_checkpoint(checkpoint, spec.config_hash()) if checkpoint else None
     if saved is not None:
@@ -219,7 +224,8 @@ def run_one(
             )
             t0 = time.perf_counter()
             callbacks = [tracker.callback()] if tracker is not None else None
-            make_trainer(trainer_cfg, loggers, callbacks).fit(module, train_dataloaders=batches)
+            trainer = make_trainer(trainer_cfg, loggers, callbacks, log_every)
+            trainer.fit(module, train_dataloaders=batches)
             t1 = time.perf_counter()
             module.after_task(task)
             t2 = time.perf_counter()
@@ -236,12 +242,15 @@ def run_one(
             result.loss.append(row.loss)
             result.train_loss.append(row.train_loss)
             result.strategy_memory_bytes.append(module.state_bytes())
+            if run_logger is not None:
+                run_logger.log_task_end(task.id, row.acc, row.loss, steps=trainer.global_step)
             if checkpoint is not None and len(result.acc) < len(phases):
                 timings["elapsed"] = time.perf_counter() - start
                 save_checkpoint(
                     checkpoint,
                     {"config_hash": spec.config_hash(), "module": module.state_dict(), "result": result.to_dict(),
-                     "rng": rng_state(), "tracker": tracker.state_dict() if tracker is not None else None},
+                     "rng": rng_state(), "tracker": tracker.state_dict() if tracker is not None else None,
+                     "logger": run_logger.state() if run_logger is not None else None},
                 )
             if on_task_end is not None:
                 on_task_end(spec, task.id, module)
@@ -314,11 +323,22 @@ def checkpoint_path(output_dir: Path, spec: RunSpec) -> Path:
 
 
 def run_and_save(
-    spec: RunSpec, scenario: Scenario, output_dir: Path, on_task_end: TaskCallback | None = None
+    spec: RunSpec,
+    scenario: Scenario,
+    output_dir: Path,
+    log_cfg: LoggerConfig | None = None,
+    experiment: str = "",
+    on_task_end: TaskCallback | None = None,
 ) -> RunResult:
-    """One run with per-task checkpoints; its result file replaces the checkpoint when done."""
+    """One run with per-task checkpoints and its loggers; its result file replaces the checkpoint when done."""
     ckpt = checkpoint_path(output_dir, spec)
-    result = run_one(spec, scenario, on_task_end=on_task_end, checkpoint=ckpt)
+    if log_cfg is None or not log_cfg.use:
+        result = run_one(spec, scenario, on_task_end=on_task_end, checkpoint=ckpt)
+    else:
+        saved = load_checkpoint(ckpt, spec.config_hash())
+        with RunLogger(log_cfg, spec, experiment, output_dir, state=saved and saved.get("logger")) as run_logger:
+            result = run_one(spec, scenario, run_logger, on_task_end=on_task_end, checkpoint=ckpt)
+            run_logger.log_result(result)
     save_result(result, result_path(output_dir, spec))
     ckpt.unlink(missing_ok=True)
     return result
@@ -331,11 +351,11 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
 
 
-def _worker_run(spec: RunSpec, output_dir: Path) -> RunResult:
+def _worker_run(spec: RunSpec, output_dir: Path, log_cfg: LoggerConfig, experiment: str) -> RunResult:
     key = scenario_key(spec)
     if key not in _WORKER_SCENARIOS:
         _WORKER_SCENARIOS[key] = load_scenario(spec)
-    return run_and_save(spec, _WORKER_SCENARIOS[key], output_dir)
+    return run_and_save(spec, _WORKER_SCENARIOS[key], output_dir, log_cfg, experiment)
 
 
 def execute(
@@ -349,6 +369,7 @@ def execute(
     process pool (``on_task_end`` is then not called).
     """
     scenarios = prepare(plan)
+    log_cfg = logger_config(plan.config.get("logger"))
     todo = []
     for spec in plan.runs:
         done = finished(result_path(plan.output_dir, spec), spec) if resume else None
@@ -360,11 +381,11 @@ def execute(
         todo.append(spec)
     if workers <= 1 or len(todo) <= 1:
         for spec in todo:
-            yield run_and_save(spec, scenarios[scenario_key(spec)], plan.output_dir, on_task_end)
+            yield run_and_save(spec, scenarios[scenario_key(spec)], plan.output_dir, log_cfg, plan.name, on_task_end)
         return
     threads = max(1, torch.get_num_threads() // workers)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(_worker_run, spec, plan.output_dir) for spec in todo]
+        futures = [pool.submit(_worker_run, spec, plan.output_dir, log_cfg, plan.name) for spec in todo]
         for future in as_completed(futures):
             yield future.result()
 

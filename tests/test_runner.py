@@ -48,7 +48,7 @@ def test_joint_has_one_row_and_gives_intransigence(tmp_path: Path) -> None:
 
     _, results = run(tmp_path, "strategy=[naive,joint]", "trainer.epochs=5")
     naive, joint = results
-    assert len(joint.acc) == 1 and joint.metrics["acc"] > 0.8
+    assert len(joint.acc) == 1 and joint.metrics["acc"] > 0.7 and joint.metrics["acc"] > naive.metrics["acc"] + 0.3
     assert naive.metrics["intransigence"] is None
     add_intransigence(results)
     expected = sum(joint.acc[0][j] - naive.acc[j][j] for j in range(3)) / 3

@@ -1,0 +1,203 @@
+"""Per-sample curvature of a task's likelihood: diagonal Fisher variants, MAS
+sensitivity, and dense Hessian / GGN of small models (torch.func).
+
+Every estimator takes a model ``f(x) -> logits [B, K]`` over the K outputs of
+the task's likelihood (see :class:`TaskOutputs`), labels ``y`` in ``[0, K)``,
+and returns one flat vector (or matrix) in the order of the model's trainable
+parameters, averaged over the N samples it saw. Per-sample gradients are
+``torch.func.vmap`` over ``grad`` / ``jacrev``: no Python loop over samples.
+
+Diagonal Fisher variants (Kunstner et al. 2019 discuss the difference):
+
+- ``exact``:     F = 1/N sum_i sum_c p(c|x_i) (d log p(c|x_i) / d theta)^2  (all classes enumerated)
+- ``sampled``:   F = 1/N sum_i (d log p(c_i|x_i) / d theta)^2, c_i ~ p(.|x_i)  (one Monte-Carlo label)
+- ``empirical``: F = 1/N sum_i (d log p(y_i|x_i) / d theta)^2                   (true labels)
+- ``empirical_weighted``: F = 1/N sum_i p(y_i|x_i) (d log p(y_i|x_i) / d theta)^2 — the estimator
+  of Mammoth's online EWC (the DER paper's code); kept only to reproduce its tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, hessian, jacrev, vmap
+
+from cl_bench.models import MultiHead
+
+FISHER_KINDS: tuple[str, ...] = ("exact", "sampled", "empirical", "empirical_weighted")
+DENSE_KINDS: tuple[str, ...] = ("hessian", "ggn")
+Batches = Iterable[tuple[Tensor, Tensor]]
+#: loss(logits [B, K], y [B]) -> mean loss over the batch
+LossFn = Callable[[Tensor, Tensor], Tensor]
+#: per-sample gradient entries held at once (128 MiB in float32); larger batches are split
+MAX_ELEMENTS = 2**25
+
+
+class TaskOutputs(nn.Module):
+    """The logits of one task's likelihood, in a form ``vmap`` can batch.
+
+    Multi-head backbones: the task's own head (its outputs are ``task.classes``
+    in order). Single head: all outputs, or only ``classes`` when training masks
+    other tasks' logits (masked logits have probability exactly 0).
+    """
+
+    def __init__(self, backbone: nn.Module, task_id: int, classes: Sequence[int] | None) -> None:
+        super().__init__()
+        self.net = backbone
+        self.task_id = task_id
+        self.multi_head = isinstance(getattr(backbone, "head", None), MultiHead)
+        index = torch.tensor(list(classes), dtype=torch.long) if classes is not None else None
+        self.register_buffer("index", index, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.multi_head:
+            return self.net.head.heads[self.task_id](self.net.features(x))
+        logits = self.net(x)
+        return logits if self.index is None else logits.index_select(-1, self.index)
+
+
+def trainable(model: nn.Module) -> dict[str, Tensor]:
+    """Detached views of the trainable parameters, by name, in the flat order."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def flatten(tensors: dict[str, Tensor], batch_dims: int = 0) -> Tensor:
+    """Concatenate per-parameter tensors ``[*batch, *shape]`` into ``[*batch, P]``."""
+    return torch.cat([t.flatten(batch_dims) for t in tensors.values()], dim=batch_dims)
+
+
+def unflatten(theta: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Split a flat ``[P]`` vector back into tensors shaped like ``like``."""
+    out, i = {}, 0
+    for name, ref in like.items():
+        out[name] = theta[i:i + ref.numel()].view_as(ref)
+        i += ref.numel()
+    return out
+
+
+def _log_probs(model: nn.Module) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+    """(params, one sample x) -> log p(. | x) ``[K]``."""
+
+    def fn(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, params, (x.unsqueeze(0),)).squeeze(0).log_softmax(-1)
+
+    return fn
+
+
+def per_sample_grads(model: nn.Module, x: Tensor, c: Tensor) -> Tensor:
+    """``[B, P]``: row i = d log p(c_i | x_i) / d theta."""
+    logp = _log_probs(model)
+    g = vmap(grad(lambda p, xi, ci: logp(p, xi).gather(0, ci[None]).squeeze(0)), in_dims=(None, 0, 0))(trainable(model), x, c)
+    return flatten(g, 1)
+
+
+def per_sample_class_grads(model: nn.Module, x: Tensor) -> Tensor:
+    """``[B, K, P]``: entry (i, c) = d log p(c | x_i) / d theta (all classes, one ``jacrev``)."""
+    jac = vmap(jacrev(_log_probs(model)), in_dims=(None, 0))(trainable(model), x)
+    return flatten(jac, 2)
+
+
+def _rows(model: nn.Module, per_sample: int) -> int:
+    """Samples whose ``per_sample`` gradients of all parameters fit in :data:`MAX_ELEMENTS`."""
+    n_params = sum(p.numel() for p in trainable(model).values())
+    return max(1, MAX_ELEMENTS // (per_sample * n_params))
+
+
+def diag_fisher(model: nn.Module, batches: Batches, kind: str, generator: torch.Generator | None = None) -> Tensor:
+    """Diagonal Fisher ``[P]`` of ``kind`` (see the module docstring), averaged over all samples."""
+    if kind not in FISHER_KINDS:
+        raise ValueError(f"fisher={kind!r} is not valid; choose one of {list(FISHER_KINDS)}")
+    total, n = None, 0
+    for x, y in batches:
+        with torch.no_grad():
+            p = model(x).softmax(-1)  # [B, K]
+        if kind == "exact":  # sum_c p_c g_c^2, in chunks of [b, K, P] per-class gradients
+            size = _rows(model, p.shape[1])
+            part = sum(torch.einsum("bk,bkp->p", pc, per_sample_class_grads(model, xc).square())
+                       for xc, pc in zip(x.split(size), p.split(size)))
+        else:
+            c = y if kind.startswith("empirical") else torch.multinomial(p, 1, generator=generator).squeeze(1)
+            w = p.gather(1, y[:, None]) if kind == "empirical_weighted" else torch.ones_like(p[:, :1])
+            size = _rows(model, 1)
+            part = sum((wc * per_sample_grads(model, xc, cc).square()).sum(0)
+                       for xc, cc, wc in zip(x.split(size), c.split(size), w.split(size)))
+        total = part if total is None else total + part
+        n += x.shape[0]
+    if total is None:
+        raise ValueError("diag_fisher: no samples (the probe set is empty)")
+    return total / n
+
+
+def mas_importance(model: nn.Module, batches: Batches) -> Tensor:
+    """MAS (Aljundi et al. 2018, Eq. 4): Omega = 1/N sum_i |d ||f(x_i)||_2^2 / d theta|, ``[P]``.
+
+    ``f`` = the likelihood's logits; the squared L2 norm as in the paper.
+    """
+    params = trainable(model)
+
+    def sq_norm(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, p, (x.unsqueeze(0),)).square().sum()
+
+    total, n = None, 0
+    for x, _ in batches:
+        part = sum(flatten(vmap(grad(sq_norm), in_dims=(None, 0))(params, xc), 1).abs().sum(0)
+                   for xc in x.split(_rows(model, 1)))
+        total = part if total is None else total + part
+        n += x.shape[0]
+    if total is None:
+        raise ValueError("mas_importance: no samples (the probe set is empty)")
+    return total / n
+
+
+def dense_hessian(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy) -> Tensor:
+    """Hessian ``[P, P]`` of the mean loss over all samples (``torch.func.hessian``, per batch)."""
+    params = trainable(model)
+    theta = flatten(params)
+
+    def loss(th: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(functional_call(model, unflatten(th, params), (x,)), y)
+
+    total, n = None, 0
+    for x, y in batches:
+        part = hessian(loss)(theta, x, y) * x.shape[0]
+        total = part if total is None else total + part
+        n += x.shape[0]
+    if total is None:
+        raise ValueError("dense_hessian: no samples (the probe set is empty)")
+    return total / n
+
+
+def dense_ggn(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy) -> Tensor:
+    """Generalised Gauss-Newton ``[P, P]`` = 1/N sum_i J_i^T H_i J_i (Schraudolph 2002), with
+    J_i = d f(x_i) / d theta and H_i = d^2 loss / d f^2 at f(x_i); for cross-entropy it is the exact Fisher."""
+    params = trainable(model)
+
+    def out(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
+
+    def out_hess(z: Tensor, y: Tensor) -> Tensor:
+        return hessian(lambda zz: loss_fn(zz.unsqueeze(0), y.unsqueeze(0)))(z)
+
+    total, n = None, 0
+    for x, y in batches:
+        jac = flatten(vmap(jacrev(out), in_dims=(None, 0))(params, x), 2)  # [B, K, P]
+        with torch.no_grad():
+            h = vmap(out_hess)(model(x), y)  # [B, K, K]
+        hj = torch.einsum("bkl,blp->bkp", h, jac)
+        part = torch.einsum("bkp,bkq->pq", jac, hj)
+        total = part if total is None else total + part
+        n += x.shape[0]
+    if total is None:
+        raise ValueError("dense_ggn: no samples (the probe set is empty)")
+    return total / n
+
+
+def dense_curvature(model: nn.Module, batches: Batches, kind: str) -> Tensor:
+    """``hessian`` or ``ggn`` of the mean cross-entropy, ``[P, P]``."""
+    if kind not in DENSE_KINDS:
+        raise ValueError(f"curvature={kind!r} is not valid; choose one of {list(DENSE_KINDS)}")
+    return dense_hessian(model, batches) if kind == "hessian" else dense_ggn(model, batches)

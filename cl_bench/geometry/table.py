@@ -1,0 +1,100 @@
+"""Compact guarantee table of a set of runs: one row per strategy label (runs pooled over seeds).
+
+Reads only ``RunResult.checks`` (``GeometryTracker.summary()``): verdict counts
+per check id (passes and n/a over all (o, t) pairs and runs), and the means of
+the headline numbers of GEOMETRY.md — kappa = |E - E_hat| / max(|E|, eps) (C2),
+the curvature-energy ratio rho / (tr H / (P lambda_1)) against a random
+direction (C3), the mean per-step leakage ||V_k^T d|| / ||d|| (C5), the
+certified pairs and the measured E vs the predicted E_hat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from cl_bench.results import RunResult
+
+from .config import CHECKS
+
+def records(result: RunResult, check_id: str) -> list[dict[str, Any]]:
+    """The records of one check id in a run (empty when the run has no checks)."""
+    return [r for r in result.checks.get("records", []) if r["id"] == check_id]
+
+
+def finite_mean(values: list[Any]) -> float | None:
+    """Mean of the finite numbers in ``values`` (None, NaN and inf skipped); None when there are none."""
+    xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(xs) / len(xs) if xs else None
+
+
+def strategy_key(result: RunResult, multi_setting: bool) -> str:
+    """Row name: the strategy label, prefixed by the setting when the runs span several settings."""
+    return f"{result.setting}/{result.label}" if multi_setting else result.label
+
+
+def group_runs(results: list[RunResult]) -> dict[str, list[RunResult]]:
+    """Runs with checks, grouped by row name in first-seen order."""
+    with_checks = [r for r in results if r.checks]
+    multi = len({r.setting for r in with_checks}) > 1
+    groups: dict[str, list[RunResult]] = {}
+    for r in with_checks:
+        groups.setdefault(strategy_key(r, multi), []).append(r)
+    return groups
+
+
+def verdict_counts(runs: list[RunResult]) -> dict[str, Counter]:
+    """check id -> Counter of verdicts over every record of ``runs``."""
+    counts: dict[str, Counter] = {}
+    for run in runs:
+        for rec in run.checks.get("records", []):
+            counts.setdefault(rec["id"], Counter())[rec["verdict"]] += 1
+    return counts
+
+
+def _fmt(x: float | None, spec: str = ".3g") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def verdict_cell(c: Counter) -> str:
+    """Passes, with the n/a count in brackets when there are any (fails = pairs - passes - n/a)."""
+    return f"{c['pass']}" + (f" ({c['n/a']})" if c["n/a"] else "")
+
+
+def guarantee_table(results: list[RunResult]) -> Table:
+    """One row per strategy: (o, t) pairs, passes per check (n/a in brackets; the descriptive checks whose
+    records are all n/a, C10 and C12, are left out), certified pairs, mean kappa (C2), C3 ratio to random,
+    C5 leakage, mean measured E / predicted E_hat (C2), check cost per run (seconds / curvature products,
+    snapshots included)."""
+    groups = group_runs(results)
+    totals = Counter()
+    for runs in groups.values():
+        for cid, c in verdict_counts(runs).items():
+            totals[cid] += c["pass"] + c["fail"]
+    ids = [cid for cid in CHECKS if totals[cid]]
+    table = Table(title="guarantee checks (GEOMETRY.md): passes of the (o, t) pairs per check (n/a in brackets); "
+                  "means over pairs and seeds", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("strategy", "runs", "pairs", *ids, "cert", "kappa", "C3/rnd", "C5 leak", "E / E_hat",
+                 "s / HVP"):
+        table.add_column(name, justify="left" if name == "strategy" else "right")
+    for name, runs in groups.items():
+        counts = verdict_counts(runs)
+        c2 = [r["values"] for run in runs for r in records(run, "C2")]
+        cert = [run.checks.get("certificate", {}) for run in runs]
+        costs = [run.checks.get("cost", {}).values() for run in runs]
+        table.add_row(
+            name, str(len(runs)), str(sum(c.get("n_pairs", 0) for c in cert)),
+            *(verdict_cell(counts.get(cid, Counter())) for cid in ids),
+            str(sum(c.get("n_certified", 0) for c in cert)),
+            _fmt(finite_mean([v["kappa"] for v in c2])),
+            _fmt(finite_mean([r["values"]["ratio_to_random"] for run in runs for r in records(run, "C3")])),
+            _fmt(finite_mean([r["values"].get("mean") for run in runs for r in records(run, "C5")])),
+            f"{_fmt(finite_mean([v['forgetting'] for v in c2]))} / {_fmt(finite_mean([v['predicted'] for v in c2]))}",
+            f"{sum(c['seconds'] for cost in costs for c in cost) / len(runs):.1f} / "
+            f"{sum(c['hvp'] for cost in costs for c in cost) / len(runs):.0f}",
+        )
+    return table

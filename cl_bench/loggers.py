@@ -1,0 +1,372 @@
+"""W&B / CSV / TensorBoard logging of one run through Lightning's logger interface (config key ``logger``).
+
+One :class:`RunLogger` per (strategy, setting, seed) run. Its Lightning loggers are
+passed to every task's ``Trainer(logger=...)``, so the per-step training loss
+(``train/loss_task{t}``, logged by ``ContinualModule.log_step``) of all tasks lands
+in ONE W&B run (grouped by experiment), one CSV file and one TensorBoard folder.
+
+Steps: every task has its own Trainer, whose step counter restarts at 0. The
+loggers add ``steps_before`` (optimizer steps of the finished tasks, advanced by
+:meth:`RunLogger.log_task_end`), so every x-axis is the run's cumulative step.
+Per-task evaluation (``eval/acc_task{j}``, ``eval/loss_task{j}``) is plotted in
+W&B against ``tasks_trained`` (``define_metric``), so the forgetting curve of
+task j is one chart. ``wandb`` is imported only when a W&B logger is built.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig, ListConfig
+
+from cl_bench.config import RunSpec, to_dataclass
+from cl_bench.results import RunResult
+
+LOGGERS = ("wandb", "csv", "tensorboard")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+# ------------------------------------------------------------------- config
+@dataclass
+class WandbConfig:
+    """W&B run settings; ``mode=online`` needs credentials (``wandb login`` or ``WANDB_API_KEY``)."""
+
+    mode: str = "offline"
+    project: str = "cl-bench"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: the experiment name
+    tags: list[str] = field(default_factory=list)
+    dir: Optional[str] = None  # null: $WANDB_DIR, else output.dir (runs go to <dir>/wandb/)
+
+    def __post_init__(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ValueError(f"wandb.mode={self.mode!r}; valid: {', '.join(WANDB_MODES)}")
+
+
+@dataclass
+class CSVConfig:
+    dir: Optional[str] = None  # null: <output.dir>/logs/csv; files <dir>/<setting>/<label>/seed<k>/metrics.csv
+
+
+@dataclass
+class TensorBoardConfig:
+    dir: Optional[str] = None  # null: <output.dir>/logs/tensorboard; events in <dir>/<setting>/<label>/seed<k>/
+
+
+@dataclass
+class LoggerConfig:
+    """Which loggers every run gets (``logger.use``) and their settings."""
+
+    use: list[str] = field(default_factory=list)
+    log_every_n_steps: int = 10  # training-loss logging period, for the Trainer
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    csv: CSVConfig = field(default_factory=CSVConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [u for u in self.use if u not in LOGGERS]
+        if unknown:
+            raise ValueError(f"use: unknown logger(s) {unknown}; valid: {', '.join(LOGGERS)}")
+        if len(set(self.use)) != len(self.use):
+            raise ValueError(f"use: a logger is listed twice in {list(self.use)}")
+        if self.log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be >= 1, got {self.log_every_n_steps}")
+
+
+def logger_config(node: Any) -> LoggerConfig:
+    """The ``logger`` config: a mapping, or a name / list of names as shorthand for ``logger.use``."""
+    if node is None:
+        node = {}
+    elif isinstance(node, str):
+        node = {"use": [node]}
+    elif isinstance(node, (list, ListConfig)):
+        node = {"use": list(node)}
+    elif not isinstance(node, (dict, DictConfig)):
+        raise ValueError(f"logger must be a mapping or a list of {list(LOGGERS)}, got {node!r}")
+    return to_dataclass(LoggerConfig, node, "logger")
+
+
+# ------------------------------------------------------ Lightning loggers
+class _TaskSteps:
+    """Mixin for a Lightning logger shared by the per-task Trainers of one run:
+    logged step = ``steps_before`` (optimizer steps of finished tasks) + the Trainer's step."""
+
+    steps_before: int = 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, None if step is None else self.steps_before + step)  # type: ignore[misc]
+
+
+class TaskWandbLogger(_TaskSteps, WandbLogger):
+    """``WandbLogger`` whose steps continue across the tasks of a run."""
+
+
+class TaskCSVLogger(_TaskSteps, CSVLogger):
+    """``CSVLogger`` whose steps continue across the tasks of a run."""
+
+
+class TaskTensorBoardLogger(_TaskSteps, TensorBoardLogger):
+    """``TensorBoardLogger`` whose steps continue across the tasks of a run."""
+
+
+# ------------------------------------------------------------- run logger
+class RunLogger:
+    """The loggers of one (strategy, setting, seed) run and the run-level records.
+
+    Protocol (the runner): ``loggers = run_logger.lightning_loggers()`` -> for each
+    task t: ``Trainer(logger=loggers).fit(...)``, evaluate, ``log_task_end(t, acc_row,
+    loss_row, steps=trainer.global_step)`` -> ``log_result(result)`` -> ``close()``.
+    ``state`` (from :meth:`state`, e.g. kept in a checkpoint) continues the same W&B
+    run and step count after an interruption. Under ``wandb agent`` the W&B run id
+    is the agent's (``WANDB_RUN_ID``), so the sweep sees the run.
+    """
+
+    def __init__(
+        self, cfg: LoggerConfig, spec: RunSpec, experiment: str, output_dir: Path, state: dict[str, Any] | None = None
+    ) -> None:
+        self.cfg, self.spec, self.experiment = cfg, spec, experiment
+        self.output_dir = Path(output_dir)
+        self.steps = int((state or {}).get("steps", 0))
+        self.wandb: TaskWandbLogger | None = None
+        self.csv: TaskCSVLogger | None = None
+        self.tensorboard: TaskTensorBoardLogger | None = None
+        self._status = "ok"
+        sub = (f"{spec.setting}/{spec.label}", f"seed{spec.seed}")  # (name, version) -> <dir>/<name>/<version>
+        if "csv" in cfg.use:
+            root = self._dir(cfg.csv.dir, "logs/csv")
+            kept = _csv_rows(Path(root, *sub, "metrics.csv"), self.steps) if state else []
+            self.csv = TaskCSVLogger(root, name=sub[0], version=sub[1])  # replaces an existing metrics.csv
+            for row in kept:  # a resumed run keeps the rows of its finished tasks
+                self.csv.experiment.log_metrics(row, int(row.pop("step")))
+            self.csv.save()
+        if "tensorboard" in cfg.use:
+            self.tensorboard = TaskTensorBoardLogger(
+                self._dir(cfg.tensorboard.dir, "logs/tensorboard"), name=sub[0], version=sub[1], default_hp_metric=False
+            )
+        if "wandb" in cfg.use:
+            self.wandb = self._build_wandb((state or {}).get("wandb_id"))
+        for lg in self.loggers:
+            lg.steps_before = self.steps
+            lg.log_hyperparams(self.config())
+
+    def _dir(self, configured: str | None, default: str) -> str:
+        path = Path(configured) if configured else self.output_dir / default
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def config(self) -> dict[str, Any]:
+        """What the loggers record as the run's configuration."""
+        spec = self.spec
+        return {"experiment": self.experiment, "run_id": spec.run_id, "config_hash": spec.config_hash(), **asdict(spec)}
+
+    def _build_wandb(self, resume_id: str | None) -> TaskWandbLogger:
+        import wandb
+
+        w, spec = self.cfg.wandb, self.spec
+        run_id = os.environ.get("WANDB_RUN_ID") or resume_id  # `wandb agent`'s run first; None: a new id
+        lg = TaskWandbLogger(
+            name=spec.run_id, id=run_id, resume="allow", project=w.project, entity=w.entity,
+            group=w.group or self.experiment, job_type=spec.setting,
+            tags=list(dict.fromkeys([*w.tags, spec.strategy_class, spec.setting])), mode=w.mode,
+            save_dir=self._dir(w.dir or os.environ.get("WANDB_DIR"), "."), settings=wandb.Settings(quiet=True),
+        )
+        try:
+            run = lg.experiment  # starts the run now: credential errors surface before training
+        except wandb.errors.Error as err:
+            raise ValueError(
+                f"logger.wandb.mode={w.mode}: {err} (or set WANDB_API_KEY, or use logger.wandb.mode=offline)"
+            ) from err
+        # forgetting curves: every evaluation key against the number of tasks trained
+        run.define_metric("tasks_trained")
+        for key in self._eval_keys(int(spec.scenario["n_tasks"])):
+            run.define_metric(key, step_metric="tasks_trained")
+        return lg
+
+    @staticmethod
+    def _eval_keys(n_tasks: int) -> list[str]:
+        return ["eval/acc_seen"] + [f"eval/{m}_task{j}" for m in ("acc", "loss") for j in range(n_tasks)]
+
+    @property
+    def loggers(self) -> list[Logger]:
+        return [lg for lg in (self.wandb, self.csv, self.tensorboard) if lg is not None]
+
+    def lightning_loggers(self) -> list[Logger]:
+        """The loggers to pass to every task's ``Trainer(logger=...)`` (the same objects each time)."""
+        return self.loggers
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this one's W&B run and step count."""
+        return {"wandb_id": self.wandb.version if self.wandb else None, "steps": self.steps}
+
+    def _log_scalars(self, scalars: dict[str, float], loggers: list[Logger] | None = None) -> None:
+        for lg in self.loggers if loggers is None else loggers:
+            lg.log_metrics(scalars, step=0)  # step 0 after the offset = the cumulative step count now
+            lg.save()
+
+    # ----------------------------------------------------------- per task
+    def log_task_end(self, t: int, acc_row: list[float], loss_row: list[float], steps: int) -> None:
+        """Row t of the accuracy / loss matrices after training task t for ``steps`` optimizer steps.
+
+        ``eval/acc_seen`` = mean_{j<=t} acc_row[j] (average accuracy on the tasks trained so far).
+        """
+        if len(acc_row) != len(loss_row):
+            raise ValueError(f"log_task_end: acc_row has {len(acc_row)} entries, loss_row {len(loss_row)}")
+        if not 0 <= t < len(acc_row):
+            raise ValueError(f"log_task_end: task index t={t} outside 0..{len(acc_row) - 1}")
+        self.steps += int(steps)
+        for lg in self.loggers:
+            lg.steps_before = self.steps
+        scalars: dict[str, float] = {"tasks_trained": t + 1, "eval/acc_seen": sum(acc_row[: t + 1]) / (t + 1)}
+        scalars.update({f"eval/acc_task{j}": float(a) for j, a in enumerate(acc_row)})
+        scalars.update({f"eval/loss_task{j}": float(v) for j, v in enumerate(loss_row)})
+        self._log_scalars(scalars)
+
+    # ------------------------------------------------------------ per run
+    def log_result(self, result: RunResult) -> None:
+        """The run's record: its summary scalars (:func:`result_scalars`) to every logger (W&B: into the
+        run summary), and the accuracy-matrix heatmap to W&B and TensorBoard; W&B also gets the accuracy
+        and loss matrices, per-task timings / memory and the guarantee checks as tables."""
+        from cl_bench.report import acc_matrix_figure, check_rows, is_joint, png_bytes
+
+        self._status = result.status
+        scalars = result_scalars(result)
+        self._log_scalars(scalars, [lg for lg in self.loggers if lg is not self.wandb])
+        joint = is_joint(result)
+        title = f"{result.label}: {result.setting}, seed {result.seed}"
+        heatmap = png_bytes(acc_matrix_figure(result.acc, title, joint)) if result.acc else None
+        if self.tensorboard is not None and heatmap is not None:
+            self.tensorboard.experiment.add_image("acc_matrix", _png_array(heatmap), self.steps, dataformats="HWC")
+            self.tensorboard.experiment.flush()
+        if self.wandb is None:
+            return
+        import wandb
+        from PIL import Image
+
+        run = self.wandb.experiment
+        run.summary.update({**scalars, "status": result.status, "error": result.error or ""})
+        run.summary.update({f"metrics_undefined/{k}": why for k, why in result.metrics_undefined.items()})
+        tables: dict[str, Any] = {}
+        if heatmap is not None:
+            tables["acc_matrix"] = wandb.Table(*matrix_table(result.acc, joint))
+            tables["loss_matrix"] = wandb.Table(*matrix_table(result.loss, joint))
+            tables["acc_matrix_heatmap"] = wandb.Image(Image.open(io.BytesIO(heatmap)), caption="accuracy matrix")
+            tables["timings"] = wandb.Table(*timings_table(result))
+        rows = check_rows(result.checks)
+        if rows:
+            tables["checks"] = wandb.Table(*flat_table(rows))
+        if tables:
+            run.log(tables)
+
+    def close(self) -> None:
+        """Finish the W&B run (exit code 1 if the run failed) and flush CSV / TensorBoard."""
+        if self.csv is not None:
+            self.csv.save()
+        if self.tensorboard is not None:
+            self.tensorboard.finalize("success")
+        if self.wandb is not None:
+            self.wandb.experiment.finish(exit_code=0 if self._status == "ok" else 1)
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            self._status = "failed"
+        self.close()
+
+
+# ----------------------------------------------------------- run records
+def result_scalars(result: RunResult) -> dict[str, float]:
+    """Flat scalars of a result: ``metrics/*`` (defined ones), ``time/*_s`` (per-task lists summed),
+    ``memory/*``, ``checks/<id>/<verdict>`` counts and the certificate's ``checks/n_*``."""
+    out: dict[str, float] = {f"metrics/{k}": float(v) for k, v in result.metrics.items() if v is not None}
+    for key, value in result.timings.items():
+        out[f"time/{key}_s"] = float(sum(value) if isinstance(value, list) else value)
+    out.update({f"memory/{k}": float(v) for k, v in result.peak_memory.items()})
+    if result.strategy_memory_bytes:
+        out["memory/strategy_bytes"] = float(result.strategy_memory_bytes[-1])
+    from cl_bench.report import check_id, check_rows
+
+    rows = check_rows(result.checks)
+    for (check, verdict), n in sorted(Counter((check_id(r), str(r.get("verdict"))) for r in rows).items()):
+        out[f"checks/{check}/{verdict.replace('/', '')}"] = float(n)  # n/a -> na: "/" nests W&B keys
+    cert = result.checks.get("certificate") if isinstance(result.checks, dict) else None
+    if isinstance(cert, dict):
+        out.update({f"checks/{k}": float(v) for k, v in cert.items() if k.startswith("n_") and isinstance(v, int)})
+    return out
+
+
+def matrix_table(matrix: list[list[float]], joint: bool = False) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of an accuracy or loss matrix: one row per evaluation, ``tasks_trained`` first
+    (a joint run's single row counts every task as trained)."""
+    n = len(matrix[0])
+    trained = [n] if joint else list(range(1, len(matrix) + 1))
+    return ["tasks_trained", *(f"task{j}" for j in range(n))], [[k, *map(float, row)] for k, row in zip(trained, matrix)]
+
+
+def timings_table(result: RunResult) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows): per-task seconds of fit / after_task / eval and the strategy's memory."""
+    parts = [k for k in ("fit", "after_task", "eval") if isinstance(result.timings.get(k), list)]
+    mem = result.strategy_memory_bytes
+    rows = [
+        [i, *(float(result.timings[k][i]) for k in parts), int(mem[i]) if i < len(mem) else None]
+        for i in range(len(result.timings[parts[0]]) if parts else 0)
+    ]
+    return ["phase", *(f"{k}_s" for k in parts), "strategy_memory_bytes"], rows
+
+
+def flat_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of arbitrary dicts: nested dicts flattened to ``a.b`` columns; a column whose
+    values are not all numbers, all booleans or all strings is rendered as text (one type per column)."""
+    flat = [_flatten(r) for r in rows]
+    columns = list(dict.fromkeys(k for r in flat for k in r))
+    data = [[r.get(c) for c in columns] for r in flat]
+    for i in range(len(columns)):
+        kinds = {_kind(row[i]) for row in data if row[i] is not None}
+        if len(kinds) > 1 or kinds == {"json"}:
+            for row in data:
+                if row[i] is not None and not isinstance(row[i], str):
+                    row[i] = json.dumps(row[i], default=str)
+    return columns, data
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "text" if isinstance(value, str) else "json"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _csv_rows(path: Path, until_step: int) -> list[dict[str, float]]:
+    """Rows of a CSVLogger file up to ``until_step`` (later ones belong to an interrupted task)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+    return [r for r in rows if r["step"] <= until_step]
+
+
+def _png_array(png: bytes) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

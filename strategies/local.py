@@ -1,0 +1,434 @@
+"""Local strategies: a quadratic model of every past task's loss around its solution.
+
+    penalty(theta) = lam/2 * sum_o (theta - theta_o*)^T F_o (theta - theta_o*)
+
+One core, :class:`QuadraticPenalty`; a strategy says only
+
+- how F_o is estimated (:meth:`~QuadraticPenalty.importance`),
+- the form of F_o (:meth:`~QuadraticPenalty.quadratic`: diagonal by default,
+  identity, Kronecker-factored per layer, dense), and
+- how anchors accumulate (``online``: one running anchor theta* = the latest
+  solution and F <- decay * F + F_t; otherwise one (theta_o*, F_o) per task).
+
+Anchors and curvatures are registered buffers stacked over tasks (``[O, ...]``);
+a checkpoint holding O tasks loads into a fresh module (the buffers are
+resized first), and ``state_bytes`` reports their memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import Tensor, nn
+
+from cl_bench.data import Scenario, Task, iterate_eval
+from cl_bench.geometry.fisher import (
+    DENSE_KINDS, FISHER_KINDS, TaskOutputs, dense_curvature, diag_fisher, mas_importance,
+)
+from cl_bench.geometry.kfac import LayerBlock, kfac_factors, kron_quadratic, layer_delta, linear_blocks
+from cl_bench.models import MultiHead
+from cl_bench.module import ContinualModule, OptimizerConfig
+from cl_bench.registry import register
+
+
+def _check_samples(value: int | None, key: str) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{key} must be >= 1 or null (the whole training set of the task), got {value}")
+
+
+def _check_positive(value: float, key: str, strict: bool = False) -> None:
+    if value < 0 or (strict and value == 0):
+        raise ValueError(f"{key} must be {'> 0' if strict else '>= 0'}, got {value}")
+
+
+@dataclass
+class QuadraticParams:
+    """``lam``: weight of the penalty lam/2 * sum_o D_o^T F_o D_o."""
+
+    lam: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_positive(self.lam, "lam")
+
+
+@dataclass
+class ProbeParams(QuadraticParams):
+    """Curvature estimated on ``samples`` random training samples of the task (null: all of them),
+    in batches of ``probe_batch_size``, in eval mode."""
+
+    samples: Optional[int] = 1024
+    probe_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_samples(self.samples, "samples")
+        if self.probe_batch_size < 1:
+            raise ValueError(f"probe_batch_size must be >= 1, got {self.probe_batch_size}")
+
+
+class QuadraticPenalty(ContinualModule):
+    """penalty = lam/2 * sum_o (theta - theta_o*)^T F_o (theta - theta_o*) over all trainable parameters."""
+
+    family: ClassVar[str] = "local"
+    Params: ClassVar[type] = QuadraticParams
+    #: True: a single anchor (the latest solution) and F <- decay() * F + F_t
+    online: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        scenario: Scenario,
+        params: Any = None,
+        optimizer: OptimizerConfig | None = None,
+        mask_train_logits: bool = False,
+    ) -> None:
+        super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
+        self.data_mean, self.data_std = scenario.mean, scenario.std
+        self.n_params = sum(p.numel() for p in self.trainable())
+        self.register_buffer("anchors", torch.zeros(0, self.n_params))
+        for key, shape in self.curvature_shapes().items():
+            self.register_buffer(f"curv_{key}", torch.zeros(0, *shape))
+
+    # ------------------------------------------------------- what a strategy says
+    def curvature_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of each curvature tensor of one task (buffers ``curv_<key>`` stack them over tasks)."""
+        return {"diag": (self.n_params,)}
+
+    def importance(self, task: Task) -> dict[str, Tensor]:
+        """F_t at the current parameters (eval mode, gradients enabled)."""
+        raise NotImplementedError
+
+    def quadratic(self, delta: Tensor) -> Tensor:
+        """sum_o delta_o^T F_o delta_o for ``delta [O, P]``; diagonal F_o by default."""
+        return (self.curv_diag * delta.square()).sum()
+
+    def decay(self) -> float:
+        """Factor on the running curvature of an ``online`` strategy."""
+        return 1.0
+
+    # ----------------------------------------------------------------- the core
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def flat_params(self) -> Tensor:
+        """theta ``[P]`` (differentiable)."""
+        return torch.cat([p.reshape(-1) for p in self.trainable()])
+
+    def flat_grad(self) -> Tensor:
+        """The gradient ``[P]`` in the parameters' ``.grad`` (zero where a head took no part)."""
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.trainable()])
+
+    def penalty(self) -> Tensor:
+        if self.anchors.shape[0] == 0:
+            return torch.zeros((), device=self.device)
+        delta = self.flat_params()[None] - self.anchors
+        return 0.5 * self.params.lam * self.quadratic(delta)
+
+    def after_task(self, task: Task) -> None:
+        was_training = self.training
+        self.eval()
+        with torch.enable_grad():
+            curvature = self.importance(task)
+        self.train(was_training)
+        self.consolidate(curvature, self.flat_params().detach())
+
+    @torch.no_grad()
+    def consolidate(self, curvature: dict[str, Tensor], anchor: Tensor) -> None:
+        """Append (theta_t*, F_t), or fold them into the running anchor and curvature (``online``)."""
+        running = self.online and self.anchors.shape[0] > 0
+        for key, value in curvature.items():
+            old = getattr(self, f"curv_{key}")
+            setattr(self, f"curv_{key}", self.decay() * old + value[None] if running else torch.cat([old, value[None]]))
+        self.anchors = anchor[None].clone() if self.online else torch.cat([self.anchors, anchor[None]])
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Resize the per-task buffers to the checkpoint's number of tasks, then load."""
+        for name in ("anchors", *(f"curv_{k}" for k in self.curvature_shapes())):
+            if prefix + name in state_dict:
+                setattr(self, name, getattr(self, name).new_empty(state_dict[prefix + name].shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # --------------------------------------------------------------- probe data
+    def probe(self, task: Task, samples: int | None, batch_size: int) -> tuple[TaskOutputs, Iterator[tuple[Tensor, Tensor]]]:
+        """The task's likelihood model and batches ``(x, y)`` of ``samples`` random training samples.
+
+        Labels are indices into the likelihood's outputs: the task's classes for a
+        multi-head model or when training masks other tasks' logits, else all outputs.
+        """
+        restricted = isinstance(self.backbone.head, MultiHead) or self.mask_train_logits
+        classes = task.classes if restricted else None
+        idx = torch.randperm(task.n_train)[:samples] if samples is not None else torch.arange(task.n_train)
+        y = task.y_train[idx]
+        if classes is not None:  # label -> its position among the likelihood's outputs
+            lut = torch.full((self.class_mask.shape[1],), -1, dtype=torch.long)
+            lut[torch.tensor(classes)] = torch.arange(len(classes))
+            y = lut[y]
+        model = TaskOutputs(self.backbone, task.id, classes).to(self.device)
+        dtype = self.anchors.dtype
+        batches = iterate_eval(task.x_train[idx], y, batch_size, device=self.device, mean=self.data_mean, std=self.data_std)
+        return model, ((x.to(dtype), yb) for x, yb in batches)
+
+
+# ======================================================================= L2
+@dataclass
+class L2Params(QuadraticParams):
+    lam: float = 0.1
+
+
+@register("l2")
+class L2(QuadraticPenalty):
+    """F_o = I: penalty = lam/2 * sum_o ||theta - theta_o*||^2 (one anchor per task)."""
+
+    Params = L2Params
+
+    def curvature_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def importance(self, task: Task) -> dict[str, Tensor]:
+        return {}
+
+    def quadratic(self, delta: Tensor) -> Tensor:
+        return delta.square().sum()
+
+
+# ====================================================================== EWC
+@dataclass
+class EWCParams(ProbeParams):
+    """``fisher``: exact | sampled | empirical | empirical_weighted (see cl_bench.geometry.fisher).
+
+    Default ``exact``: the Fisher of the model's own predictive distribution, all
+    classes enumerated: no label noise, and what EWC's Laplace argument calls for
+    (van de Ven et al. 2022 use it); ``empirical`` is a different matrix, not an
+    approximation of it (Kunstner et al. 2019). Costs K per-sample gradients.
+    """
+
+    lam: float = 10.0
+    fisher: str = "exact"
+    samples: Optional[int] = 1024
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fisher not in FISHER_KINDS:
+            raise ValueError(f"fisher={self.fisher!r} is not valid; choose one of {list(FISHER_KINDS)}")
+
+
+@register("ewc")
+class EWC(QuadraticPenalty):
+    """EWC (Kirkpatrick et al. 2017, Eq. 3): one anchor and one diagonal Fisher per task."""
+
+    Params = EWCParams
+
+    def importance(self, task: Task) -> dict[str, Tensor]:
+        model, batches = self.probe(task, self.params.samples, self.params.probe_batch_size)
+        return {"diag": diag_fisher(model, batches, self.params.fisher)}
+
+
+@dataclass
+class OnlineEWCParams(EWCParams):
+    """``gamma``: decay of the running Fisher."""
+
+    gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self.gamma, "gamma")
+
+
+@register("online_ewc")
+class OnlineEWC(EWC):
+    """Online EWC (Schwarz et al. 2018, Sec. 4): F <- gamma F + F_t, one anchor = the latest solution."""
+
+    Params = OnlineEWCParams
+    online = True
+
+    def decay(self) -> float:
+        return self.params.gamma
+
+
+# ======================================================================= SI
+@dataclass
+class SIParams(QuadraticParams):
+    """``lam`` = 2c of Zenke et al. (their surrogate is c * sum Omega (theta - theta~)^2); ``xi`` the damping.
+
+    ``omega_grad``: the gradient in omega = -sum_t g_t * d_t: ``task`` = the task loss alone (the
+    unregularised gradient, as in the paper and its code), ``total`` = the loss with the penalty
+    (Avalanche's and Mammoth's SI).
+    """
+
+    lam: float = 2.0
+    xi: float = 0.1
+    omega_grad: str = "task"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self.xi, "xi", strict=True)
+        if self.omega_grad not in ("task", "total"):
+            raise ValueError(f"omega_grad={self.omega_grad!r} is not valid; choose one of ['task', 'total']")
+
+
+@register("si")
+class SI(QuadraticPenalty):
+    """Synaptic Intelligence (Zenke et al. 2017, Eqs. 3-5).
+
+    Per step omega += -g_t * (theta_{t+1} - theta_t); at the task's end
+    Omega += omega / (Delta^2 + xi), Delta = theta_end - theta_start; one anchor
+    (the latest solution) with cumulative Omega. Omega is not clipped: it can be
+    negative where a parameter moved against the gradient, as in the paper.
+    """
+
+    Params = SIParams
+    online = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("omega", torch.zeros(self.n_params))
+        self.register_buffer("task_start", torch.zeros(self.n_params))
+        self._step: tuple[Tensor, Tensor] | None = None
+
+    def before_task(self, task: Task) -> None:
+        super().before_task(task)
+        self.omega.zero_()
+        self.task_start.copy_(self.flat_params().detach())
+
+    def penalty_grad(self) -> Tensor:
+        """d penalty / d theta = lam * sum_o Omega_o * (theta - theta_o*) (closed form, no backward)."""
+        if self.anchors.shape[0] == 0:
+            return torch.zeros(self.n_params, device=self.device)
+        return self.params.lam * (self.curv_diag * (self.flat_params().detach()[None] - self.anchors)).sum(0)
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        g = self.flat_grad()
+        if self.params.omega_grad == "task":
+            g = g - self.penalty_grad()
+        self._step = (g, self.flat_params().detach().clone())
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._step is not None:
+            g, before = self._step
+            self.omega -= g * (self.flat_params() - before)
+            self._step = None
+
+    @torch.no_grad()
+    def importance(self, task: Task) -> dict[str, Tensor]:
+        delta = self.flat_params() - self.task_start
+        return {"diag": self.omega / (delta.square() + self.params.xi)}
+
+
+# ====================================================================== MAS
+@dataclass
+class MASParams(ProbeParams):
+    """``gamma``: decay of the running importance (1: accumulate over tasks, as Aljundi et al.)."""
+
+    lam: float = 0.1
+    gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self.gamma, "gamma")
+
+
+@register("mas")
+class MAS(QuadraticPenalty):
+    """Memory Aware Synapses (Aljundi et al. 2018, Eq. 4): Omega = mean_x |d ||f(x)||_2^2 / d theta|,
+    accumulated over tasks with one anchor (the latest solution)."""
+
+    Params = MASParams
+    online = True
+
+    def decay(self) -> float:
+        return self.params.gamma
+
+    def importance(self, task: Task) -> dict[str, Tensor]:
+        model, batches = self.probe(task, self.params.samples, self.params.probe_batch_size)
+        return {"diag": mas_importance(model, batches)}
+
+
+# ================================================================= KFAC-EWC
+@dataclass
+class KFACParams(EWCParams):
+    """As EWC; a smaller default ``lam``: the Kronecker factors keep the large off-diagonal curvature."""
+
+    lam: float = 1.0
+
+
+@register("kfac_ewc")
+class KFACEWC(EWC):
+    """EWC with a Kronecker-factored Fisher per Linear layer (Ritter et al. 2018, Sec. 3):
+    F_o,l ~= A_o,l (x) G_o,l and the penalty sum_{o,l} tr(D^T G D A) (no Kronecker product formed)."""
+
+    Params = KFACParams
+
+    @cached_property
+    def blocks(self) -> list[LayerBlock]:
+        return list(linear_blocks(self.backbone).values())
+
+    def curvature_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, b in enumerate(self.blocks):
+            shapes[f"A{i}"] = (b.a_dim, b.a_dim)
+            shapes[f"G{i}"] = (b.out_features, b.out_features)
+        return shapes
+
+    def importance(self, task: Task) -> dict[str, Tensor]:
+        model, batches = self.probe(task, self.params.samples, self.params.probe_batch_size)
+        factors = list(kfac_factors(model, batches, self.params.fisher).values())
+        return {key: f for i, (a, g) in enumerate(factors) for key, f in ((f"A{i}", a), (f"G{i}", g))}
+
+    def quadratic(self, delta: Tensor) -> Tensor:
+        return sum(
+            kron_quadratic(getattr(self, f"curv_A{i}"), getattr(self, f"curv_G{i}"), layer_delta(delta, b))
+            for i, b in enumerate(self.blocks)
+        )
+
+
+# =========================================================== quadratic_exact
+@dataclass
+class QuadraticExactParams(ProbeParams):
+    """``curvature``: ggn (PSD; = the exact Fisher for cross-entropy) | hessian (the true second-order
+    Taylor term; can be indefinite away from a minimum). ``max_params``: largest P allowed (P x P per task)."""
+
+    lam: float = 1.0
+    curvature: str = "ggn"
+    probe_batch_size: int = 32
+    max_params: int = 5000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.curvature not in DENSE_KINDS:
+            raise ValueError(f"curvature={self.curvature!r} is not valid; choose one of {list(DENSE_KINDS)}")
+        if self.max_params < 1:
+            raise ValueError(f"max_params must be >= 1, got {self.max_params}")
+
+
+@register("quadratic_exact")
+class QuadraticExact(QuadraticPenalty):
+    """The full second-order model of each past loss: F_o = Hessian or GGN at theta_o*, dense."""
+
+    Params = QuadraticExactParams
+
+    def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None, *args: Any, **kwargs: Any) -> None:
+        params = params if params is not None else self.Params()
+        n = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+        if n > params.max_params:
+            raise ValueError(
+                f"quadratic_exact keeps a dense P x P curvature per task: the model has P={n} trainable "
+                f"parameters > max_params={params.max_params} ({4 * n * n / 2**20:.1f} MiB per task in float32); "
+                "raise max_params or use a smaller model"
+            )
+        super().__init__(backbone, scenario, params, *args, **kwargs)
+
+    def curvature_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"dense": (self.n_params, self.n_params)}
+
+    def importance(self, task: Task) -> dict[str, Tensor]:
+        model, batches = self.probe(task, self.params.samples, self.params.probe_batch_size)
+        return {"dense": dense_curvature(model, batches, self.params.curvature).detach()}
+
+    def quadratic(self, delta: Tensor) -> Tensor:
+        return torch.einsum("op,opq,oq->", delta, self.curv_dense, delta)

@@ -1,0 +1,532 @@
+"""Global strategies: a buffer of stored examples estimates the past losses at the current parameters.
+
+ER, A-GEM, GEM, DER, DER++, iCaRL and GDumb keep a :class:`cl_bench.buffer.Buffer`
+(a registered sub-module, so ``state_dict`` holds it and ``state_bytes`` reports
+it); LwF keeps the previous model instead, for comparison. The buffer stores
+the float, normalised batches the model trained on (see ``cl_bench.buffer``).
+Gradient surgery (A-GEM, GEM) acts on all trainable parameters as one flat
+vector in ``on_before_optimizer_step``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import quadprog
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cl_bench.buffer import POLICIES, Buffer, herding, rank_within_groups
+from cl_bench.data.batching import to_float
+from cl_bench.data.task import Scenario, Task
+from cl_bench.models import MultiHead
+from cl_bench.module import ContinualModule, OptimizerConfig
+from cl_bench.registry import register
+
+
+# ------------------------------------------------------------------ gradient algebra
+def flat_grad(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
+    """d loss / d params as one vector (zeros for parameters the loss does not reach)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+
+
+def grad_vector(params: list[nn.Parameter]) -> Tensor:
+    """The current ``.grad`` of params as one vector (``None`` counts as zeros)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+def write_grad(params: list[nn.Parameter], vec: Tensor) -> None:
+    """Set each parameter's ``.grad`` from its slice of ``vec``."""
+    for p, chunk in zip(params, vec.split([p.numel() for p in params])):
+        p.grad = chunk.view_as(p).clone()
+
+
+def agem_project(g: Tensor, g_ref: Tensor) -> Tensor:
+    """A-GEM (Chaudhry et al. 2019, Eq. 11): g~ = g - (g.g_ref / g_ref.g_ref) g_ref if g.g_ref < 0, else g."""
+    coef = torch.clamp(g @ g_ref, max=0.0) / (g_ref @ g_ref).clamp_min(torch.finfo(g.dtype).tiny)
+    return g - coef * g_ref
+
+
+def gem_project(g: Tensor, G: Tensor, gamma: float = 0.0, eps: float = 0.0) -> Tensor:
+    """GEM (Lopez-Paz & Ranzato 2017, Eqs. 10-11), solved in the dual with quadprog.
+
+    Primal: min_z 1/2 ||z - g||^2 s.t. G z >= 0 (rows of G: past tasks' gradients).
+    Dual: min_v 1/2 v^T (G G^T + eps I) v + (G g)^T v s.t. v >= gamma; z = G^T v + g.
+    gamma > 0 is the paper's bias towards backward transfer; eps keeps the
+    dual Hessian positive definite.
+    """
+    Gd, gd = G.detach().double().cpu().numpy(), g.detach().double().cpu().numpy()
+    k = Gd.shape[0]
+    P = Gd @ Gd.T
+    P = 0.5 * (P + P.T) + eps * np.eye(k)
+    v = quadprog.solve_qp(P, -(Gd @ gd), np.eye(k), np.full(k, gamma))[0]
+    return torch.from_numpy(Gd.T @ v + gd).to(g)
+
+
+def distillation(new_logits: Tensor, old_logits: Tensor, temperature: float) -> Tensor:
+    """LwF's knowledge distillation (Li & Hoiem 2017, Eq. 2; Hinton et al. 2015):
+    KL(softmax(old / T) || softmax(new / T)), averaged over the batch."""
+    return F.kl_div(
+        F.log_softmax(new_logits / temperature, dim=1), F.log_softmax(old_logits / temperature, dim=1),
+        reduction="batchmean", log_target=True,
+    )
+
+
+# --------------------------------------------------------------------- parameters
+@dataclass
+class ReplayParams:
+    """Buffer capacity in examples and the replay minibatch drawn per step."""
+
+    buffer_size: int = 200
+    minibatch_size: int = 10
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+        if self.minibatch_size < 1:
+            raise ValueError(f"minibatch_size must be >= 1, got {self.minibatch_size}")
+
+
+@dataclass
+class ERParams(ReplayParams):
+    policy: str = "reservoir"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy={self.policy!r} is not valid; choose one of {list(POLICIES)}")
+
+
+@dataclass
+class AGEMParams(ReplayParams):
+    minibatch_size: int = 128
+
+
+@dataclass
+class GEMParams(ReplayParams):
+    gamma: float = 0.5
+    eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gamma < 0 or self.eps < 0:
+            raise ValueError(f"gamma and eps must be >= 0, got gamma={self.gamma}, eps={self.eps}")
+
+
+@dataclass
+class DERParams(ERParams):
+    alpha: float = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+
+
+@dataclass
+class DERPPParams(DERParams):
+    beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+
+
+@dataclass
+class GDumbParams(ReplayParams):
+    buffer_size: int = 500
+    minibatch_size: int = 16  # batch size of the retraining
+    fit_epochs: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fit_epochs < 1:
+            raise ValueError(f"fit_epochs must be >= 1, got {self.fit_epochs}")
+
+
+@dataclass
+class LwFParams:
+    alpha: float = 1.0
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+# ------------------------------------------------------------------ shared machinery
+class GlobalModule(ContinualModule):
+    """Base of this family: the past enters through stored examples or a stored model."""
+
+    family: ClassVar[str] = "global"
+
+    def finish(self, loss: Tensor, batch_idx: int) -> Tensor:
+        """Check and log the step's loss, then hand it to Lightning."""
+        self.check_finite(loss, batch_idx)
+        self.log_step(loss)
+        return loss
+
+
+class ReplayModule(GlobalModule):
+    """A ContinualModule with a :class:`Buffer` (policy from ``params.policy`` or ``buffer_policy``)."""
+
+    Params: ClassVar[type] = ReplayParams
+    buffer_policy: ClassVar[str] = "reservoir"
+    stores_logits: ClassVar[bool] = False
+
+    def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
+                 optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
+        super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
+        policy = getattr(self.params, "policy", self.buffer_policy)
+        n_logits = scenario.n_outputs if self.stores_logits else 0
+        self.buffer = Buffer(self.params.buffer_size, scenario.input_shape, n_logits, policy)
+        mean, std = torch.tensor(scenario.mean), torch.tensor(scenario.std)
+        self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
+
+    def to_input(self, x: Tensor) -> Tensor:
+        """Raw task images -> the float, normalised inputs the model trains on."""
+        stats = (self.input_mean, self.input_std) if self.input_mean.numel() else None
+        return to_float(x.to(self.device), stats)
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def raw_and_train_logits(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Unmasked logits (what DER stores) and the logits the task loss uses."""
+        raw = self(x, t)
+        return raw, (self.mask_logits(raw, t) if self.mask_train_logits else raw)
+
+
+class EpisodicMemory(ReplayModule):
+    """GEM / A-GEM memory: after each task, ``buffer_size // n_tasks`` random examples of it
+    (Lopez-Paz & Ranzato 2017, Sec. 3: an equal share per task; as in the DER paper's code)."""
+
+    def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
+                 optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
+        super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
+        if self.params.buffer_size < self.n_tasks:
+            raise ValueError(f"strategies.{self.name}.buffer_size={self.params.buffer_size} is smaller than the "
+                             f"{self.n_tasks} tasks: every task needs at least one memory slot")
+        self._ref: Tensor | None = None
+
+    def after_task(self, task: Task) -> None:
+        quota = self.params.buffer_size // self.n_tasks
+        idx = torch.randperm(task.n_train)[:quota]
+        y = task.y_train[idx].to(self.device)
+        self.buffer.add(self.to_input(task.x_train[idx]), y, torch.full_like(y, task.id))
+
+
+# ------------------------------------------------------------------------ strategies
+@register("er")
+class ER(ReplayModule):
+    """Experience replay (Chaudhry et al. 2019, "On Tiny Episodic Memories", Alg. 1; reservoir buffer).
+
+    Each step: loss = CE over the current batch concatenated with ``minibatch_size``
+    buffer examples; then the current batch is offered to the buffer.
+    """
+
+    Params = ERParams
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y, t = batch
+        xx, yy, tt = x, y, t
+        if not self.buffer.is_empty():
+            b = self.buffer.sample(self.params.minibatch_size)
+            xx, yy, tt = torch.cat([x, b.x]), torch.cat([y, b.y]), torch.cat([t, b.t])
+        loss = F.cross_entropy(self.train_logits(xx, tt), yy)
+        self.buffer.add(x, y, t)
+        return self.finish(loss, batch_idx)
+
+
+@register("agem")
+class AGEM(EpisodicMemory):
+    """Averaged GEM (Chaudhry et al. 2019, ICLR, Eq. 11).
+
+    g_ref = gradient of the loss on ``minibatch_size`` memory examples;
+    g~ = g - (g.g_ref / g_ref.g_ref) g_ref when g.g_ref < 0, else g.
+    """
+
+    Params = AGEMParams
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y, t = batch
+        loss = F.cross_entropy(self.train_logits(x, t), y)
+        if not self.buffer.is_empty():
+            b = self.buffer.sample(self.params.minibatch_size)
+            self._ref = flat_grad(F.cross_entropy(self.train_logits(b.x, b.t), b.y), self.trainable())
+        return self.finish(loss, batch_idx)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._ref is not None:
+            params = self.trainable()
+            write_grad(params, agem_project(grad_vector(params), self._ref))
+            self._ref = None
+
+
+@register("gem")
+class GEM(EpisodicMemory):
+    """Gradient episodic memory (Lopez-Paz & Ranzato 2017, Eqs. 10-11).
+
+    g_k = gradient of the loss on task k's memory for every past task k; when
+    some g.g_k < 0, g is replaced by the closest z with G z >= 0 (dual QP,
+    :func:`gem_project`, with margin ``gamma``).
+    """
+
+    Params = GEMParams
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y, t = batch
+        loss = F.cross_entropy(self.train_logits(x, t), y)
+        if not self.buffer.is_empty():
+            mem, params = self.buffer.data(), self.trainable()
+            rows = []
+            for k in range(self.current_task):  # one gradient per past task
+                sel = mem.t == k
+                rows.append(flat_grad(F.cross_entropy(self.train_logits(mem.x[sel], mem.t[sel]), mem.y[sel]), params))
+            self._ref = torch.stack(rows)
+        return self.finish(loss, batch_idx)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._ref is not None:
+            params = self.trainable()
+            g = grad_vector(params)
+            if bool((self._ref @ g < 0).any()):
+                write_grad(params, gem_project(g, self._ref, self.params.gamma, self.params.eps))
+            self._ref = None
+
+
+@register("der")
+class DER(ReplayModule):
+    """Dark Experience Replay (Buzzega et al. 2020, Eq. 4 / Alg. 1).
+
+    loss = CE(f(x), y) + alpha * MSE(h(x'), z') with (x', z') from the buffer,
+    z' the logits recorded when x' was stored (reservoir).
+    """
+
+    Params = DERParams
+    stores_logits = True
+
+    def replay_terms(self) -> Tensor:
+        b = self.buffer.sample(self.params.minibatch_size)
+        return self.params.alpha * F.mse_loss(self(b.x, b.t), b.logits)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y, t = batch
+        raw, logits = self.raw_and_train_logits(x, t)
+        loss = F.cross_entropy(logits, y)
+        if not self.buffer.is_empty():
+            loss = loss + self.replay_terms()
+        self.buffer.add(x, y, t, logits=raw.detach())
+        return self.finish(loss, batch_idx)
+
+
+@register("derpp")
+class DERPP(DER):
+    """DER++ (Buzzega et al. 2020, Eq. 6): DER + beta * CE(f(x''), y'') on a second,
+    independent buffer draw (x'', y'')."""
+
+    Params = DERPPParams
+
+    def replay_terms(self) -> Tensor:
+        b = self.buffer.sample(self.params.minibatch_size)
+        return super().replay_terms() + self.params.beta * F.cross_entropy(self.train_logits(b.x, b.t), b.y)
+
+
+class Distilling(GlobalModule):
+    """Keeps a frozen copy of the network from the end of the previous task (``old_backbone``)."""
+
+    def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
+                 optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
+        super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
+        self.old_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.register_buffer("has_old", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def previous(self, fn: Callable[[nn.Module], Tensor]) -> Tensor:
+        """``fn(old_backbone)`` without gradients, in eval mode (frozen BatchNorm statistics)."""
+        mode = self.old_backbone.training
+        self.old_backbone.eval()
+        try:
+            return fn(self.old_backbone)
+        finally:
+            self.old_backbone.train(mode)
+
+    def snapshot(self) -> None:
+        self.old_backbone.load_state_dict(self.backbone.state_dict())
+        self.has_old.fill_(True)
+
+    def state_bytes(self) -> int:
+        return super().state_bytes() + sum(p.numel() * p.element_size() for p in self.old_backbone.parameters())
+
+
+@register("icarl")
+class ICaRL(ReplayModule, Distilling):
+    """iCaRL (Rebuffi et al. 2017): herding exemplars (Alg. 4, 5), distillation (Alg. 3),
+    nearest-mean-of-exemplars classifier (Alg. 1). Class-incremental by design.
+
+    Training (Alg. 3): each step uses the batch plus ``minibatch_size`` exemplars;
+    loss = mean BCE-with-logits over the outputs of the classes seen so far, with
+    targets one-hot(y) on the current task's classes and sigmoid(old model) on
+    the earlier ones. After each task: m = K // #seen classes exemplars per class
+    (old sets cut to their first m, new classes by herding on L2-normalised
+    features), then the class means mu_y of the normalised exemplar features.
+    Scores: -||phi(x) - mu_y||^2 (phi normalised); classes without exemplars get -4,
+    the largest squared distance between unit vectors.
+    """
+
+    Params = ReplayParams
+    buffer_policy = "reservoir"  # unused: exemplar sets are assigned by herding
+
+    def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
+                 optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
+        if scenario.setting == "domain_il":
+            raise ValueError("icarl is class-incremental by design: in domain_il no task brings new classes; "
+                             "use settings class_il or task_il")
+        super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
+        if self.params.buffer_size < scenario.n_outputs:
+            raise ValueError(f"strategies.icarl.buffer_size={self.params.buffer_size} is smaller than the "
+                             f"{scenario.n_outputs} classes: every class needs at least one exemplar")
+        self.register_buffer("class_means", torch.zeros(scenario.n_outputs, backbone.feature_dim))
+        self.register_buffer("has_mean", torch.zeros(scenario.n_outputs, dtype=torch.bool))
+
+    def normalised_features(self, x: Tensor) -> Tensor:
+        return F.normalize(self.backbone.features(x), dim=1)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y, t = batch
+        if not self.buffer.is_empty():
+            b = self.buffer.sample(self.params.minibatch_size)
+            x, y, t = torch.cat([x, b.x]), torch.cat([y, b.y]), torch.cat([t, b.t])
+        seen = self.class_mask[: self.current_task + 1].any(0)
+        old = self.class_mask[: self.current_task].any(0)
+        target = F.one_hot(y, self.class_mask.shape[1]).to(torch.float32)
+        if bool(self.has_old):
+            target = torch.where(old, torch.sigmoid(self.previous(lambda net: net(x, t))), target)
+        loss = F.binary_cross_entropy_with_logits(self(x, t)[:, seen], target[:, seen])
+        return self.finish(loss, batch_idx)
+
+    @torch.no_grad()
+    def after_task(self, task: Task) -> None:
+        was_training = self.training
+        self.eval()
+        seen = self.class_mask[: task.id + 1].any(0).nonzero().squeeze(1)
+        m = self.params.buffer_size // seen.numel()
+        old = self.buffer.data()
+        keep = rank_within_groups(old.y, old.idx) < m  # herding order = slot order within a class
+        xs, ys, ts = [old.x[keep]], [old.y[keep]], [old.t[keep]]
+        x_task = torch.cat([self.to_input(c) for c in task.x_train.split(4096)])
+        y_task = task.y_train.to(self.device)
+        feats = torch.cat([self.normalised_features(c) for c in x_task.split(4096)])
+        for c in task.classes:  # one herding run per new class
+            members = (y_task == c).nonzero().squeeze(1)
+            pick = members[herding(feats[members], m)]
+            xs.append(x_task[pick])
+            ys.append(y_task[pick])
+            ts.append(torch.full_like(pick, task.id))
+        self.buffer.assign(torch.cat(xs), torch.cat(ys), torch.cat(ts))
+        mem = self.buffer.data()
+        f = self.normalised_features(mem.x)
+        sums = torch.zeros_like(self.class_means).index_add_(0, mem.y, f)
+        self.class_means.copy_(F.normalize(sums, dim=1))
+        self.has_mean.zero_()
+        self.has_mean[mem.y] = True
+        self.snapshot()
+        self.train(was_training)
+
+    @torch.no_grad()
+    def eval_logits(self, x: Tensor, task_ids: Tensor) -> Tensor:
+        if not bool(self.has_mean.any()):
+            return super().eval_logits(x, task_ids)
+        dist = torch.cdist(self.normalised_features(x), self.class_means) ** 2
+        scores = torch.where(self.has_mean, -dist, -4.0)
+        return self.mask_logits(scores, task_ids) if self.setting == "task_il" else scores
+
+
+@register("gdumb")
+class GDumb(ReplayModule):
+    """GDumb (Prabhu et al. 2020): a greedy class-balanced sampler fills the memory during
+    the stream (no training on it); after each task the network is re-initialised and
+    trained from scratch on the memory only (``fit_epochs`` epochs, batches of
+    ``minibatch_size``, the strategy's optimiser). GDumb's cutmix and SGDR schedule
+    are not used.
+    """
+
+    Params = GDumbParams
+    buffer_policy = "class_balanced"
+
+    def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
+                 optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
+        super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
+        self.automatic_optimization = False  # the stream only fills the memory
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, y, t = batch
+        self.buffer.add(x, y, t)
+
+    def after_task(self, task: Task) -> None:
+        for module in self.backbone.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        optimizer = self.optim_cfg.build(self.trainable())
+        mem, bs = self.buffer.data(), self.params.minibatch_size
+        was_training = self.training
+        self.train()
+        for _ in range(self.params.fit_epochs):
+            order = torch.randperm(self.buffer.size, device=self.device)
+            for idx in order.split(bs):  # minibatches of the memory
+                loss = F.cross_entropy(self.train_logits(mem.x[idx], mem.t[idx]), mem.y[idx])
+                self.check_finite(loss, 0)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        self.train(was_training)
+
+
+@register("lwf")
+class LwF(Distilling):
+    """Learning without Forgetting (Li & Hoiem 2017, Eq. 2), the functional regulariser.
+
+    loss = CE(current task) + alpha * KD(new, old; T) on the current batch, where
+    the old model is the network at the end of the previous task. A single head
+    distils the outputs of all earlier classes jointly (one softmax); a multi-head
+    model distils each earlier task's head separately and sums (the original).
+    """
+
+    Params = LwFParams
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y, t = batch
+        z = self.backbone.features(x)
+        raw = self.backbone.head(z, t) if isinstance(self.backbone.head, MultiHead) else self.backbone.head(z)
+        loss = F.cross_entropy(self.mask_logits(raw, t) if self.mask_train_logits else raw, y)
+        if bool(self.has_old):
+            loss = loss + self.params.alpha * self.distill(x, z, raw)
+        return self.finish(loss, batch_idx)
+
+    def distill(self, x: Tensor, z: Tensor, logits: Tensor) -> Tensor:
+        """Sum of the KD terms of the earlier tasks' outputs (``logits``: unmasked, current head)."""
+        temperature = self.params.temperature
+        if not isinstance(self.backbone.head, MultiHead):
+            old = self.class_mask[: self.current_task].any(0)
+            return distillation(logits[:, old], self.previous(lambda net: net(x))[:, old], temperature)
+        z_old = self.previous(lambda net: net.features(x))
+        total = z.new_zeros(())
+        for k in range(self.current_task):  # one term per earlier task's head
+            ids = torch.full((x.shape[0],), k, device=x.device)
+            cols = self.class_mask[k]
+            old_k = self.previous(lambda net: net.head(z_old, ids))[:, cols]
+            total = total + distillation(self.backbone.head(z, ids)[:, cols], old_k, temperature)
+        return total
+
+    def after_task(self, task: Task) -> None:
+        self.snapshot()
