@@ -168,8 +168,13 @@ def load_config(overrides: list[str] | None = None, config_file: str | None = No
             if key in layer:
                 cfg[key] = None
         cfg = OmegaConf.merge(cfg, layer)
-    for group in GROUPS:
-        cfg[group] = _resolve_group(group, cfg[group])
+    cfg.scenario = _resolve_group("scenario", cfg.scenario)
+    suggested = cfg.scenario.pop("model", None)  # a scenario names the model its protocol uses
+    if cfg.model is None:
+        if suggested is None:
+            raise ConfigError("model is null and the scenario suggests none: set model=NAME (configs/model/)")
+        cfg.model = suggested
+    cfg.model = _resolve_group("model", cfg.model)
     cfg.strategies = _resolve_strategies(cfg)
     try:
         cfg = OmegaConf.merge(cfg, fields)
