@@ -50,6 +50,7 @@ def main() -> None:
             accelerator="gpu" if device == "cuda" else "cpu",
         )),
         optimizer={"name": "sgd", "lr": LR, "momentum": MOMENTUM}, model=MODEL, scenario=SCENARIO, data={},
+        checks={"enabled": False},  # the raw loop and Avalanche compute no curvature either
     )
 
     t_raw, raw = timed(lambda: raw_loop(scenario, make_model, make_opt, EPOCHS, BATCH, device, 0), args.repeats)

@@ -3,7 +3,8 @@
 Every model is a :class:`Backbone`: ``features(x) -> [B, D]`` followed by a
 head, either one ``nn.Linear(D, n_outputs)`` shared by all tasks or a
 :class:`MultiHead` (one linear layer per task over that task's classes).
-Weights keep PyTorch's default initialisation (the DER protocol uses it).
+Weights keep PyTorch's default initialisation unless ``init: xavier`` (Glorot &
+Bengio 2010 uniform weights, zero biases: the DER repository's MNIST MLP).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ MODEL_INFO: dict[str, str] = {
     "reduced_resnet18": "reduced ResNet-18 (nf=20) of GEM / A-GEM, ~1.1M params",
 }
 HEADS: tuple[str, ...] = ("single", "multi")
+INITS: tuple[str, ...] = ("default", "xavier")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -209,10 +211,10 @@ def reduced_resnet18(
 
 
 _KEYS: dict[str, tuple[str, ...]] = {
-    "mlp": ("name", "widths", "activation", "head"),
-    "cnn": ("name", "activation", "head"),
-    "resnet18": ("name", "head"),
-    "reduced_resnet18": ("name", "head"),
+    "mlp": ("name", "widths", "activation", "head", "init"),
+    "cnn": ("name", "activation", "head", "init"),
+    "resnet18": ("name", "head", "init"),
+    "reduced_resnet18": ("name", "head", "init"),
 }
 
 
@@ -234,17 +236,34 @@ def build_model(
     head = cfg.get("head", "single")
     if head not in HEADS:
         raise ValueError(f"model.head={head!r} is not valid; choose one of {list(HEADS)}")
+    init = cfg.get("init", "default")
+    if init not in INITS:
+        raise ValueError(f"model.init={init!r} is not valid; choose one of {list(INITS)}")
     activation = cfg.get("activation", "relu")
     if name == "mlp":
         widths = list(cfg.get("widths", [100, 100]))
         if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
             raise ValueError(f"model.widths must be a list of positive integers, got {widths}")
-        return MLP(input_shape, widths, n_outputs, activation, head, task_classes)
-    if name == "cnn":
-        return SmallCNN(input_shape, n_outputs, activation=activation, head=head, task_classes=task_classes)
-    if name == "resnet18":
-        return ResNet18(input_shape, n_outputs, nf=64, head=head, task_classes=task_classes)
-    return reduced_resnet18(input_shape, n_outputs, head=head, task_classes=task_classes)
+        model: Backbone = MLP(input_shape, widths, n_outputs, activation, head, task_classes)
+    elif name == "cnn":
+        model = SmallCNN(input_shape, n_outputs, activation=activation, head=head, task_classes=task_classes)
+    elif name == "resnet18":
+        model = ResNet18(input_shape, n_outputs, nf=64, head=head, task_classes=task_classes)
+    else:
+        model = reduced_resnet18(input_shape, n_outputs, head=head, task_classes=task_classes)
+    if init == "xavier":
+        xavier_init(model)
+    return model
+
+
+def xavier_init(model: nn.Module) -> None:
+    """Glorot-uniform weights, ``U(-a, a)`` with ``a = sqrt(6 / (fan_in + fan_out))``, and zero biases
+    for every linear and convolutional layer (Glorot & Bengio 2010, Eq. 16)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def _activation(name: str) -> type[nn.Module]:

@@ -16,6 +16,7 @@ bases) lives in registered buffers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -94,6 +95,14 @@ class ContinualModule(L.LightningModule):
         self.register_buffer("class_mask", scenario.class_mask(), persistent=False)
         self.current_task = 0
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Lightning sets ``_current_fx_name`` around every hook call (~40 times a step); a plain
+        attribute needs none of ``nn.Module.__setattr__``'s parameter/buffer/submodule bookkeeping."""
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # ---------------------------------------------------------------- model
     def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
         return self.backbone(x, task_ids)
@@ -125,7 +134,7 @@ class ContinualModule(L.LightningModule):
         return loss
 
     def check_finite(self, loss: Tensor, batch_idx: int) -> None:
-        if not torch.isfinite(loss):
+        if not math.isfinite(loss.item()):
             raise NonFiniteLossError(
                 f"{self.name}: non-finite loss {loss.item()} in task {self.current_task}, "
                 f"epoch {self.current_epoch}, step {batch_idx}"

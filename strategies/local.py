@@ -408,7 +408,14 @@ class QuadraticExactParams(ProbeParams):
 
 @register("quadratic_exact")
 class QuadraticExact(QuadraticPenalty):
-    """The full second-order model of each past loss: F_o = Hessian or GGN at theta_o*, dense."""
+    """The full second-order model of each past loss: F_o = Hessian or GGN at theta_o*, dense.
+
+    The sum is kept expanded around the latest anchor theta_T (u = theta - theta_T, e_o = theta_T - theta_o*):
+        sum_o (u + e_o)^T F_o (u + e_o) = u^T A u + 2 u^T g + c,
+        A = sum_o F_o,  g = A theta_T - b,  b = sum_o F_o theta_o*,  c = sum_o e_o^T F_o e_o,
+    so a step costs one P x P product whatever the number of past tasks (autograd would add two more),
+    and only A is dense.
+    """
 
     Params = QuadraticExactParams
 
@@ -417,18 +424,39 @@ class QuadraticExact(QuadraticPenalty):
         n = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
         if n > params.max_params:
             raise ValueError(
-                f"quadratic_exact keeps a dense P x P curvature per task: the model has P={n} trainable "
-                f"parameters > max_params={params.max_params} ({4 * n * n / 2**20:.1f} MiB per task in float32); "
+                f"quadratic_exact keeps a dense P x P curvature: the model has P={n} trainable "
+                f"parameters > max_params={params.max_params} ({4 * n * n / 2**20:.1f} MiB in float32); "
                 "raise max_params or use a smaller model"
             )
         super().__init__(backbone, scenario, params, *args, **kwargs)
+        self.register_buffer("curv_sum", torch.zeros(self.n_params, self.n_params))  # A
+        self.register_buffer("curv_b", torch.zeros(self.n_params, dtype=torch.float64))  # b
+        self.register_buffer("curv_tt", torch.zeros((), dtype=torch.float64))  # sum_o theta_o*^T F_o theta_o*
+        self.register_buffer("lin", torch.zeros(self.n_params))  # g
+        self.register_buffer("const", torch.zeros(()))  # c
 
     def curvature_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"dense": (self.n_params, self.n_params)}
+        return {}  # the per-task F_o are folded into A, b and the scalars above
 
     def importance(self, task: Task) -> dict[str, Tensor]:
         model, batches = self.probe(task, self.params.samples, self.params.probe_batch_size)
         return {"dense": dense_curvature(model, batches, self.params.curvature).detach()}
 
-    def quadratic(self, delta: Tensor) -> Tensor:
-        return torch.einsum("op,opq,oq->", delta, self.curv_dense, delta)
+    @torch.no_grad()
+    def consolidate(self, curvature: dict[str, Tensor], anchor: Tensor) -> None:
+        f = curvature["dense"]
+        self.curv_sum += f
+        self.curv_b += (f @ anchor).double()
+        self.curv_tt += anchor.double() @ (f @ anchor).double()
+        self.anchors = torch.cat([self.anchors, anchor[None]])
+        a_theta = (self.curv_sum @ anchor).double()
+        self.lin = (a_theta - self.curv_b).to(self.lin.dtype)
+        self.const = (anchor.double() @ a_theta - 2 * anchor.double() @ self.curv_b + self.curv_tt).to(self.const.dtype)
+
+    def penalty(self) -> Tensor:
+        if self.anchors.shape[0] == 0:
+            return torch.zeros((), device=self.device)
+        u = self.flat_params() - self.anchors[-1]
+        au = self.curv_sum @ u.detach()  # the one P x P product: A u is also the gradient of u^T A u / 2
+        quad = u @ au - 0.5 * u.detach() @ au  # value u^T A u / 2, gradient A u (A symmetric)
+        return self.params.lam * (quad + u @ self.lin + 0.5 * self.const)

@@ -184,7 +184,7 @@ def test_quadratic_exact_hessian_is_the_second_order_taylor_model() -> None:
     hess = torch.func.hessian(loss)(theta0)
     grad0 = torch.func.grad(loss)(theta0)
     module.after_task(task)
-    torch.testing.assert_close(module.curv_dense[0], hess, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(module.curv_sum, hess, rtol=1e-8, atol=1e-10)
     direction = torch.randn(module.n_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     errors = []
     for eps in (1e-3, 5e-4):
@@ -194,6 +194,26 @@ def test_quadratic_exact_hessian_is_the_second_order_taylor_model() -> None:
         errors.append((module.penalty() - taylor).abs().item())
         assert module.penalty().item() == pytest.approx(taylor.item(), rel=0.02)
     assert errors[1] / errors[0] == pytest.approx(1 / 8, rel=0.05)
+
+
+def test_quadratic_exact_expanded_sum_equals_the_sum_over_past_tasks() -> None:
+    """u^T A u + 2 u^T g + c (one product per step) == sum_o (theta - theta_o*)^T F_o (theta - theta_o*),
+    and its gradient is lam * sum_o F_o (theta - theta_o*)."""
+    module, sc = build(QuadraticExact, QuadraticExactParams(lam=3.0, curvature="ggn", samples=None), "multi")
+    curvatures, anchors = [], []
+    for task in sc.tasks:
+        module.before_task(task)
+        module.eval()
+        curvatures.append(module.importance(task)["dense"])
+        anchors.append(module.flat_params().detach().clone())
+        module.after_task(task)
+        jump(module, seed=task.id)
+    theta = module.flat_params().detach()
+    want = 1.5 * sum((theta - a) @ f @ (theta - a) for f, a in zip(curvatures, anchors))
+    torch.testing.assert_close(module.penalty(), want, rtol=1e-10, atol=1e-12)
+    assert len(curvatures) == len(sc.tasks) >= 2 and want > 0
+    grad_want = 3.0 * sum(f @ (theta - a) for f, a in zip(curvatures, anchors))
+    torch.testing.assert_close(flat_grad_of(module.penalty(), module), grad_want, rtol=1e-10, atol=1e-12)
 
 
 def test_quadratic_exact_refuses_large_models_naming_max_params() -> None:

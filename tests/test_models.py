@@ -63,6 +63,20 @@ def test_mlp_is_the_der_net_with_default_init():
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
+def test_xavier_init_is_glorot_uniform_with_zero_biases():
+    """``init: xavier`` (the DER repository's MNIST MLP): W ~ U(-a, a), a = sqrt(6 / (fan_in + fan_out)), b = 0."""
+    torch.manual_seed(0)
+    m = build_model({"name": "mlp", "widths": [300, 200], "init": "xavier"}, (1, 28, 28), 10, SPLIT)
+    linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+    assert len(linears) == 3
+    for lin in linears:
+        fan_out, fan_in = lin.weight.shape
+        a = math.sqrt(6 / (fan_in + fan_out))
+        assert lin.weight.abs().max() <= a and lin.weight.abs().max() > 0.99 * a
+        assert lin.weight.std().item() == pytest.approx(a / math.sqrt(3), rel=0.02)
+        assert torch.count_nonzero(lin.bias) == 0
+
+
 def test_mlp_tanh_forward_matches_formula():
     m = MLP((2, 3), [4], 5, activation="tanh").double()
     x = torch.randn(3, 2, 3, dtype=torch.float64)
@@ -164,6 +178,7 @@ def test_multihead_backbone_needs_task_ids():
         ({"name": "mlp", "head": "multi"}, [[0, 0]], ValueError, r"task_classes\[0\]=\[0, 0\]"),
         ({"name": "mlp", "head": "multi"}, [], ValueError, r"task_classes is empty"),
         ({"name": "cnn"}, SPLIT, ValueError, r"input_shape \(C, H, W\)"),
+        ({"name": "mlp", "init": "he"}, SPLIT, ValueError, r"model.init='he'.*default.*xavier"),
     ],
 )
 def test_build_model_errors(cfg, task_classes, exc, match):

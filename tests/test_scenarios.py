@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cl_bench.data import SCENARIO_KINDS, build_scenario, load_source
-from cl_bench.data.batching import Augment
+from cl_bench.data.batching import Augment, TaskBatches
 from cl_bench.data.scenarios import parse_scenario_cfg, rotate, rotation_angles, task_permutations
 
 SPLIT = {"kind": "split", "source": "digits", "setting": "class_il", "n_tasks": 5, "classes_per_task": 2}
@@ -32,6 +32,16 @@ def test_split_natural_order_takes_every_sample_of_its_classes() -> None:
         assert torch.equal(task.x_train, src.x_train[in_task]) and torch.equal(task.y_train, src.y_train[in_task])
         assert set(task.y_test.tolist()) == set(task.classes)
         assert task.n_test == int(torch.isin(src.y_test, torch.tensor(task.classes)).sum())
+
+
+def test_normalize_false_keeps_pixels_in_unit_range() -> None:
+    """``normalize: false`` (the DER repository's ToTensor-only MNIST protocol): no mean/std, batches in [0, 1]."""
+    sc = build_scenario({**SPLIT, "normalize": False})
+    assert sc.mean == () and sc.std == ()
+    x, _, _ = next(iter(TaskBatches(sc.tasks[0].x_train, sc.tasks[0].y_train, torch.zeros(sc.tasks[0].n_train,
+                                    dtype=torch.long), 64, device="cpu", seed=0, mean=sc.mean, std=sc.std)))
+    assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.9
+    torch.testing.assert_close(x * 255, (x * 255).round())  # pixel / 255, no shift
 
 
 def test_split_random_and_explicit_class_order() -> None:
@@ -159,6 +169,7 @@ def test_augment_key_is_parsed_not_applied() -> None:
     ({"angle_range": [0, 90]}, ValueError, "scenario.angle_range"),
     ({"first_identity": True}, ValueError, "scenario.first_identity"),
     ({"augment": {"padding": -1}}, ValueError, "scenario.augment"),
+    ({"normalize": "no"}, ValueError, "scenario.normalize"),
     ({"n_task": 5}, KeyError, "n_task"),
 ])
 def test_config_errors_name_the_key(patch: dict, exc: type, key: str) -> None:

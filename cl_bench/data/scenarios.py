@@ -30,6 +30,7 @@ SCENARIO_KINDS: dict[str, str] = {
 SCENARIO_KEYS: tuple[str, ...] = (
     "name", "kind", "source", "setting", "n_tasks", "classes_per_task", "class_order", "seed",
     "angle_range", "val_fraction", "train_subsample", "test_subsample", "first_identity", "augment",
+    "normalize",
 )
 # Random streams (second entry of the SeedSequence).
 _CLASS_ORDER, _PERMUTATION, _ROTATION, _TRAIN_SUBSAMPLE, _TEST_SUBSAMPLE, _VALIDATION = range(6)
@@ -53,6 +54,7 @@ class ScenarioConfig:
     test_subsample: int | None
     first_identity: bool
     augment: Augment | None
+    normalize: bool = True  # false: inputs only scaled to [0, 1] (the DER repository's MNIST protocol)
 
 
 def _err(key: str, msg: str) -> ValueError:
@@ -155,13 +157,16 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
         raise _err("first_identity", f"must be true or false, got {first_identity!r}")
     if first_identity and kind != "permuted":
         raise _err("first_identity", f"applies only to kind=permuted, not kind={kind}")
+    normalize = cfg.get("normalize", True)
+    if not isinstance(normalize, bool):
+        raise _err("normalize", f"must be true or false, got {normalize!r}")
     return ScenarioConfig(
         name=str(cfg.get("name") or f"{kind}-{source}"),
         kind=kind, source=source, setting=setting, n_tasks=n_tasks, classes_per_task=cpt,
         class_order=_class_order(cfg, kind, n_classes, needed, seed), seed=seed,
         angle_range=(float(angle_range[0]), float(angle_range[1])), val_fraction=float(val_fraction),
         train_subsample=_int(cfg, "train_subsample", None, 1), test_subsample=_int(cfg, "test_subsample", None, 1),
-        first_identity=first_identity, augment=_augment(cfg),
+        first_identity=first_identity, augment=_augment(cfg), normalize=normalize,
     )
 
 
@@ -267,5 +272,6 @@ def build_scenario(cfg: Mapping[str, Any], root: str | os.PathLike | None = None
     src = load_source(spec.source, root, download)
     tasks = [_task(spec, src, t, f) for t, f in enumerate(_transforms(spec, src))]
     n_outputs = spec.classes_per_task if spec.setting == "domain_il" and spec.kind == "split" else src.n_classes
+    mean, std = (src.mean, src.std) if spec.normalize else ((), ())
     return Scenario(name=spec.name, setting=spec.setting, tasks=tasks, n_outputs=n_outputs,
-                    input_shape=src.input_shape, mean=src.mean, std=src.std)
+                    input_shape=src.input_shape, mean=mean, std=std)
