@@ -92,9 +92,11 @@ class _TensorDataset(torch.utils.data.Dataset):
 
 
 def _normalised(x: Tensor, scenario: Scenario) -> Tensor:
-    mean = torch.tensor(scenario.mean).view(1, -1, 1, 1)
-    std = torch.tensor(scenario.std).view(1, -1, 1, 1)
-    return (x.float() / 255 - mean) / std
+    """What the scenario's batches hold: pixels / 255, then mean/std unless the scenario has none."""
+    x = x.float() / 255
+    if not scenario.mean:
+        return x
+    return (x - torch.tensor(scenario.mean).view(1, -1, 1, 1)) / torch.tensor(scenario.std).view(1, -1, 1, 1)
 
 
 def avalanche_split(scenario: Scenario) -> Any:
