@@ -53,15 +53,29 @@ def raw_loop(
     batch_size: int,
     device: str,
     seed: int,
+    method: str = "naive",
+    lam: float = 0.0,
+    fisher_samples: int = 1024,
+    buffer_size: int = 0,
+    replay_batch: int = 0,
 ) -> list[list[float]]:
-    """Fine-tuning in plain PyTorch; returns the accuracy matrix.
+    """Naive fine-tuning, EWC or ER written as a plain PyTorch loop; returns the accuracy matrix.
 
-    Like cl-bench's runner it also evaluates the untrained model once (the
-    ``b[j]`` row that forward transfer needs), so both do the same work.
+    - ``ewc``: loss + lam/2 * sum_o F_o (theta - theta_o*)^2, F_o the empirical Fisher (true labels) of
+      ``fisher_samples`` random training samples of task o (per-sample gradients with ``torch.func``).
+    - ``er``: the batch concatenated with ``replay_batch`` examples drawn from a reservoir buffer of
+      ``buffer_size`` examples, filled with every batch (batched Algorithm R).
+    Like cl-bench's runner it also evaluates the untrained model once (the ``b[j]`` row that forward
+    transfer needs), so both do the same work.
     """
     torch.manual_seed(seed)
     model = make_model().to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
     accuracy_row(model, scenario, device)
+    anchors: list[Tensor] = []
+    fishers: list[Tensor] = []
+    buf_x = buf_y = None
+    seen = 0
     rows = []
     for task in scenario.tasks:
         opt = make_optimizer(model)
@@ -69,12 +83,52 @@ def raw_loop(
                               mean=scenario.mean, std=scenario.std)
         for _ in range(epochs):
             for x, y, _t in batches:
-                loss = F.cross_entropy(model(x), y)
+                xin, yin = x, y
+                if method == "er" and seen > 0:
+                    pick = torch.randint(min(seen, buffer_size), (replay_batch,), device=device)
+                    xin, yin = torch.cat([x, buf_x[pick]]), torch.cat([y, buf_y[pick]])
+                loss = F.cross_entropy(model(xin), yin)
+                if anchors:
+                    theta = torch.cat([p.reshape(-1) for p in params])
+                    loss = loss + 0.5 * lam * sum((f * (theta - a).square()).sum() for f, a in zip(fishers, anchors))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if method == "er":
+                    if buf_x is None:
+                        buf_x = x.new_zeros((buffer_size, *x.shape[1:]))
+                        buf_y = y.new_zeros(buffer_size)
+                    pos = seen + torch.arange(len(y), device=device)
+                    slot = torch.where(pos < buffer_size, pos,
+                                       (torch.rand(len(y), device=device) * (pos + 1)).long())
+                    keep = slot < buffer_size
+                    buf_x[slot[keep]], buf_y[slot[keep]] = x[keep], y[keep]
+                    seen += len(y)
+        if method == "ewc":
+            anchors.append(torch.cat([p.detach().reshape(-1) for p in params]))
+            fishers.append(empirical_fisher(model, task, scenario, fisher_samples, device))
         rows.append(accuracy_row(model, scenario, device))
     return rows
+
+
+def empirical_fisher(model: nn.Module, task: Any, scenario: Scenario, samples: int, device: str) -> Tensor:
+    """mean_i (d log p(y_i | x_i) / d theta)^2 over ``samples`` random training samples, flat ``[P]``."""
+    from torch.func import functional_call, grad, vmap
+
+    named = {n: p.detach() for n, p in model.named_parameters()}
+    idx = torch.randperm(task.n_train)[:samples]
+
+    def nll(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(model, p, (x[None],)), y[None])
+
+    model.eval()
+    total = None
+    for x, y in iterate_eval(task.x_train[idx], task.y_train[idx], 64, device, scenario.mean, scenario.std):
+        g = vmap(grad(nll), in_dims=(None, 0, 0))(named, x, y)
+        part = torch.cat([g[n].square().sum(0).reshape(-1) for n in named])
+        total = part if total is None else total + part
+    model.train()
+    return total / len(idx)
 
 
 class _TensorDataset(torch.utils.data.Dataset):
