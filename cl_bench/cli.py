@@ -51,6 +51,48 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write a Markdown report with plots from a `cl-bench run` output folder")
     report.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (holds results.json)")
     report.add_argument("--out", help="report folder (default: reports/<name>)")
+    base = sub.add_parser(
+        "baseline",
+        help="run the regression-gate experiments from scratch and write reports/baselines/<name>.json",
+        description="Each baseline = mean, seed std and per-seed values of the headline metrics and guarantee-check "
+        "pass rates per setting/strategy, with library versions and config hashes. Default: every "
+        "configs/experiment/baseline_*.yaml.",
+    )
+    base.add_argument("overrides", nargs="*", help="key=value overrides applied to every baseline experiment "
+                      "(an experiment=NAME among them makes that the only one)")
+    base.add_argument("--experiment", action="append", help="experiment name (repeatable; default: baseline_*)")
+    base.add_argument("--config", help="an experiment YAML file instead of --experiment")
+    base.add_argument("--out", default="reports/baselines", help="folder of the baseline files (default: %(default)s)")
+    base.add_argument("--runs-dir", default="results/baseline", help="where the runs go (default: %(default)s)")
+    base.add_argument("--workers", type=int, help="parallel processes (default: the config's sweep.workers)")
+    reg = sub.add_parser(
+        "regress",
+        help="re-run the baseline experiments and fail when a metric leaves its band",
+        description="band = max(k * baseline seed std, floor); accuracy-like metrics may not drop, forgetting-like "
+        "ones may not rise, check pass rates may not move either way by more than the band. Exit 1 with a "
+        "table of what moved; 0 when everything stays inside. Overrides are applied on top of each baseline's "
+        "own (e.g. strategies.ewc.lam=5 shows what a change would do).",
+    )
+    reg.add_argument("overrides", nargs="*", help="key=value overrides on top of each baseline's configuration")
+    reg.add_argument("--baseline", action="append", help="baseline JSON (repeatable; default: reports/baselines/*.json)")
+    reg.add_argument("--k", type=float, default=None, help="band width in baseline seed stds (default: 3)")
+    reg.add_argument("--floor", action="append", default=[], metavar="METRIC=VALUE",
+                     help="absolute band floor of a metric (`check` = every check pass rate); repeatable")
+    reg.add_argument("--runs-dir", default="results/regress", help="where the fresh runs go (default: %(default)s)")
+    reg.add_argument("--workers", type=int, help="parallel processes (default: the config's sweep.workers)")
+    rep = sub.add_parser(
+        "reproduce",
+        help="run the published-protocol experiments and write reports/reproduction.md",
+        description="Ours (mean ± std over >= 5 seeds) next to the published value, the difference and a verdict, "
+        "for every row of configs/reproduction.yaml. Finished runs under --runs-dir are reused.",
+    )
+    rep.add_argument("--spec", help="published values and notes (default: configs/reproduction.yaml)")
+    rep.add_argument("--only", action="append", metavar="NAME[/LABEL]",
+                     help="limit to an experiment or one of its labels (repeatable)")
+    rep.add_argument("--runs-dir", default="results", help="runs go to RUNS_DIR/<experiment> (default: %(default)s)")
+    rep.add_argument("--out", default="reports/reproduction.md", help="the Markdown file (default: %(default)s)")
+    rep.add_argument("--no-train", action="store_true", help="only collect finished runs; list the rest as not run")
+    rep.add_argument("--workers", type=int, help="parallel processes (default: the config's sweep.workers)")
     return p
 
 
@@ -62,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sweep(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "baseline":
+        return cmd_baseline(args)
+    if args.command == "regress":
+        return cmd_regress(args)
+    if args.command == "reproduce":
+        return cmd_reproduce(args)
     return cmd_run(args)
 
 
@@ -244,6 +292,133 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report: {readme}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cl_bench.config import CONFIG_DIR, ConfigError
+    from cl_bench.data import DatasetNotFoundError
+    from cl_bench.regress import make_baseline
+    from cl_bench.results import write_json_atomic
+
+    if args.config and args.experiment:
+        print("error: pass --config or --experiment, not both", file=sys.stderr)
+        return 2
+    if args.config or any(o.startswith("experiment=") for o in args.overrides):
+        jobs = [[]]
+    else:
+        names = args.experiment or sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("baseline_*.yaml"))
+        jobs = [[f"experiment={n}"] for n in names]
+    for job in jobs:
+        try:
+            base = make_baseline([*job, *args.overrides], args.config, Path(args.runs_dir), args.workers)
+        except (ConfigError, DatasetNotFoundError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        path = Path(args.out) / f"{base['name']}.json"
+        write_json_atomic(path, base)
+        print(f"baseline: {path} ({len(base['run_hashes'])} runs, {base['wall_s']:.0f} s, config {base['config_hash']})")
+        if base["blind_to"]:
+            print("  within the band of plain fine-tuning on every metric (the gate cannot tell them from naive): "
+                  + ", ".join(base["blind_to"]))
+    return 0
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from cl_bench.config import ConfigError
+    from cl_bench.data import DatasetNotFoundError
+    from cl_bench.regress import (
+        DEFAULT_K, build, changed_runs, compare, load_baseline, moves_table, parse_floors, run_plan, summarize,
+    )
+    from cl_bench.results import write_json_atomic
+
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160
+    paths = [Path(p) for p in args.baseline] if args.baseline else sorted(Path("reports/baselines").glob("*.json"))
+    if not paths:
+        console.print("[bold red]error:[/] no baseline given and none in reports/baselines; run `cl-bench baseline`")
+        return 2
+    k = DEFAULT_K if args.k is None else args.k
+    try:
+        floors = parse_floors(args.floor)
+        if k < 0:
+            raise ValueError(f"--k must be >= 0, got {k}")
+    except ValueError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        return 2
+    failed = False
+    for path in paths:
+        try:
+            base = load_baseline(path)
+            plan = build([*base["overrides"], *args.overrides], base["config_file"], Path(args.runs_dir), args.workers)
+            start = time.perf_counter()
+            results = run_plan(plan, resume=False)
+        except (ConfigError, DatasetNotFoundError, ValueError, OSError) as err:
+            console.print(f"[bold red]error:[/] {path}: {err}")
+            return 2
+        rows = compare(base["metrics"], summarize(results), k, floors)
+        bad = [r for r in rows if r.regressed]
+        changed = changed_runs(base, plan)
+        console.print(f"{base['name']}: {len(results)} runs in {time.perf_counter() - start:.0f} s, {len(rows)} "
+                      f"metrics compared (k={k:g}), {len(bad)} outside their band"
+                      + (f"; configuration differs from the baseline for {len(changed)} runs, e.g. {changed[0]}"
+                         if changed else ""))
+        write_json_atomic(plan.output_dir / "regress.json", {
+            "baseline": str(path), "overrides": args.overrides, "k": k, "floors": floors,
+            "rows": [{**vars(r), "delta": r.delta, "regressed": r.regressed} for r in rows]})
+        for r in results:
+            if r.status != "ok":
+                console.print(f"[red]failed[/] {r.run_id}: {r.error}")
+        console.print(moves_table(base, rows))
+        failed = failed or bool(bad)
+    console.print("[bold red]regression gate FAILED[/]" if failed else "regression gate passed")
+    return 1 if failed else 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cl_bench.config import ConfigError
+    from cl_bench.data import DatasetNotFoundError
+    from cl_bench.regress import run_plan
+    from cl_bench.reproduce import DEFAULT_SPEC, finished_results, load_spec, plan_of, render, rows_of, select
+
+    spec_path = Path(args.spec) if args.spec else DEFAULT_SPEC
+    rows, stale = [], []
+    try:
+        spec = load_spec(spec_path)
+        entries = select(spec, args.only)
+        for name, entry in entries.items():
+            plan = plan_of(name, entry, Path(args.runs_dir), int(spec["min_seeds"]))
+            if args.workers:
+                plan.workers = args.workers
+            if args.no_train:
+                results, old = finished_results(plan)
+                stale += [f"{name}/{run_id}" for run_id in old]
+            else:
+                results = run_plan(plan, resume=True)
+            rows += rows_of(name, entry, results, len({s.seed for s in plan.runs}), spec)
+    except (ConfigError, DatasetNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    command = " ".join(["cl-bench reproduce", f"--runs-dir {args.runs_dir}", *(f"--only {o}" for o in args.only or []),
+                        *(["--no-train"] if args.no_train else [])])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(rows, entries, spec_path, Path(args.runs_dir), command, stale))
+    off = [r for r in rows if r.values and r.verdict.startswith("off, NOT EXPLAINED")]
+    print(f"reproduction: {out} ({sum(bool(r.values) for r in rows)}/{len(rows)} rows with runs, "
+          f"{sum(r.verdict.startswith('reproduced') for r in rows if r.values)} reproduced, "
+          f"{len(off)} off and not explained"
+          + (f", {len(stale)} stale result files" if stale else "") + ")")
     return 0
 
 

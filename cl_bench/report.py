@@ -74,6 +74,13 @@ def matrices_figure(mats: dict[str, np.ndarray], title: str) -> Figure:
     return fig
 
 
+def y_floor(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """Lower end of the forgetting curves' y axis: 0, or a multiple of 0.1 below every trained point's mean - std
+    once all of them are >= 0.5 (task-IL curves near 1 stay readable; the pre-training parts are then clipped)."""
+    lowest = min(float((m - s)[np.tri(*m.shape, dtype=bool)].min()) for m, s in curves.values())  # t >= j
+    return 0.0 if lowest < 0.5 else float(np.floor(lowest * 10) / 10)
+
+
 def forgetting_figure(
     curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, families: dict[str, str] | None = None
 ) -> Figure:
@@ -85,6 +92,7 @@ def forgetting_figure(
     rows = list(dict.fromkeys(families.get(lb, "") for lb in curves if lb not in refs)) or ["baseline"]
     n_tasks = next(iter(curves.values()))[0].shape[1]
     x = np.arange(1, n_tasks + 1)
+    low = y_floor(curves)
     fig = Figure(figsize=(2.6 * n_tasks + 2.2, 2.4 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), n_tasks, squeeze=False, sharex=True, sharey=True)
     palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]  # grey is for the references
@@ -105,7 +113,7 @@ def forgetting_figure(
             ax.set_title(f"task {j}", fontsize=9)
             ax.set_xticks(x)
             ax.set_xlim(0.5, n_tasks + 0.5)
-            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylim(low - 0.02 * (1 - low), 1 + 0.02 * (1 - low))
             ax.grid(alpha=0.3)
         axrow[0].set_ylabel(f"{family}\ntest accuracy" if family else "test accuracy")
         axrow[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)

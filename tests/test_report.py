@@ -135,6 +135,21 @@ def test_forgetting_curves_follow_each_task_from_when_it_was_trained(report: Sim
             assert lines[label].get_ydata().tolist() == pytest.approx(expected)
 
 
+def test_forgetting_axis_zooms_in_only_when_every_trained_point_is_high() -> None:
+    """The y axis starts at 0 unless every trained point (t >= j) has mean - std >= 0.5; the untrained
+    upper triangle (chance level before task j is learned) never lowers it."""
+    high = np.array([[0.99, 0.50, 0.48], [0.97, 0.98, 0.51], [0.93, 0.96, 0.99]])
+    std = np.full((3, 3), 0.01)
+    std[2, 0] = 0.02  # lowest trained point: 0.93 - 0.02 = 0.91 -> floor to 0.9
+    fig = forgetting_figure({"a": (high, std)}, "t", {"a": "local"})
+    lo, hi = fig.axes[0].get_ylim()
+    assert lo == pytest.approx(0.9 - 0.02 * 0.1) and hi == pytest.approx(1 + 0.02 * 0.1)
+    low = high.copy()
+    low[2, 0] = 0.45  # one forgotten task: the full range
+    fig = forgetting_figure({"a": (low, std)}, "t", {"a": "local"})
+    assert fig.axes[0].get_ylim() == pytest.approx((-0.02, 1.02))
+
+
 def test_guarantee_check_summary_counts_every_record(report: SimpleNamespace) -> None:
     for setting in SETTINGS:
         rows = {row["strategy"]: row for row in _table(_section(report.text, f"### Guarantee checks ({setting})"))}
