@@ -300,7 +300,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     from cl_bench.config import CONFIG_DIR, ConfigError
     from cl_bench.data import DatasetNotFoundError
-    from cl_bench.regress import make_baseline
+    from cl_bench.regress import build, make_baseline
     from cl_bench.results import write_json_atomic
 
     if args.config and args.experiment:
@@ -311,10 +311,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     else:
         names = args.experiment or sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("baseline_*.yaml"))
         jobs = [[f"experiment={n}"] for n in names]
-    for job in jobs:
+    try:  # every plan validated before anything trains
+        plans = [(build([*job, *args.overrides], args.config, Path(args.runs_dir), args.workers), job) for job in jobs]
+    except (ConfigError, DatasetNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for plan, job in plans:
         try:
-            base = make_baseline([*job, *args.overrides], args.config, Path(args.runs_dir), args.workers)
-        except (ConfigError, DatasetNotFoundError, RuntimeError) as err:
+            base = make_baseline(plan, [*job, *args.overrides], args.config)
+        except (DatasetNotFoundError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         path = Path(args.out) / f"{base['name']}.json"
@@ -354,14 +359,21 @@ def cmd_regress(args: argparse.Namespace) -> int:
     except ValueError as err:
         console.print(f"[bold red]error:[/] {err}")
         return 2
-    failed = False
-    for path in paths:
+    jobs = []
+    for path in paths:  # every baseline read and every plan validated before anything trains
         try:
             base = load_baseline(path)
-            plan = build([*base["overrides"], *args.overrides], base["config_file"], Path(args.runs_dir), args.workers)
-            start = time.perf_counter()
-            results = run_plan(plan, resume=False)
+            jobs.append((path, base, build([*base["overrides"], *args.overrides], base["config_file"],
+                                           Path(args.runs_dir), args.workers)))
         except (ConfigError, DatasetNotFoundError, ValueError, OSError) as err:
+            console.print(f"[bold red]error:[/] {path}: {err}")
+            return 2
+    failed = False
+    for path, base, plan in jobs:
+        start = time.perf_counter()
+        try:
+            results = run_plan(plan, resume=False)
+        except (DatasetNotFoundError, OSError) as err:
             console.print(f"[bold red]error:[/] {path}: {err}")
             return 2
         rows = compare(base["metrics"], summarize(results), k, floors)
@@ -390,14 +402,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from cl_bench.data import DatasetNotFoundError
     from cl_bench.regress import run_plan
     from cl_bench.reproduce import DEFAULT_SPEC, finished_results, load_spec, plan_of, render, rows_of, select
+    from cl_bench.results import write_text_atomic
 
     spec_path = Path(args.spec) if args.spec else DEFAULT_SPEC
     rows, stale = [], []
-    try:
+    try:  # every plan validated before anything trains
         spec = load_spec(spec_path)
         entries = select(spec, args.only)
-        for name, entry in entries.items():
-            plan = plan_of(name, entry, Path(args.runs_dir), int(spec["min_seeds"]))
+        plans = {name: plan_of(name, entry, Path(args.runs_dir), int(spec["min_seeds"])) for name, entry in entries.items()}
+        for name, plan in plans.items():
             if args.workers:
                 plan.workers = args.workers
             if args.no_train:
@@ -405,15 +418,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 stale += [f"{name}/{run_id}" for run_id in old]
             else:
                 results = run_plan(plan, resume=True)
-            rows += rows_of(name, entry, results, len({s.seed for s in plan.runs}), spec)
+            rows += rows_of(name, entries[name], results, len({s.seed for s in plan.runs}), spec)
     except (ConfigError, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     command = " ".join(["cl-bench reproduce", f"--runs-dir {args.runs_dir}", *(f"--only {o}" for o in args.only or []),
                         *(["--no-train"] if args.no_train else [])])
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(rows, entries, spec_path, Path(args.runs_dir), command, stale))
+    write_text_atomic(out, render(rows, entries, spec_path, Path(args.runs_dir), command, stale))
     off = [r for r in rows if r.values and r.verdict.startswith("off, NOT EXPLAINED")]
     print(f"reproduction: {out} ({sum(bool(r.values) for r in rows)}/{len(rows)} rows with runs, "
           f"{sum(r.verdict.startswith('reproduced') for r in rows if r.values)} reproduced, "

@@ -119,13 +119,10 @@ def run_plan(plan: Any, resume: bool) -> list[RunResult]:
     return results
 
 
-def make_baseline(
-    overrides: list[str], config_file: str | None, runs_dir: Path, workers: int | None = None
-) -> dict[str, Any]:
-    """Run an experiment from scratch and return its baseline record."""
+def make_baseline(plan: Any, overrides: list[str], config_file: str | None) -> dict[str, Any]:
+    """Run a baseline experiment's plan (from :func:`build`) from scratch and return its record."""
     from cl_bench.results import device_info, library_versions
 
-    plan = build(overrides, config_file, runs_dir, workers)
     start = time.perf_counter()
     results = run_plan(plan, resume=False)
     failed = [r.run_id for r in results if r.status != "ok"]

@@ -63,8 +63,8 @@ class RunResult:
         return cls(**data)
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text to a temporary file in the same folder, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -73,13 +73,18 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, allow_nan=True)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """:func:`write_text_atomic` of ``data`` as JSON."""
+    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=True))
 
 
 def save_result(result: RunResult, path: str | Path) -> None:
