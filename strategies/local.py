@@ -29,7 +29,7 @@ from cl_bench.data import Scenario, Task, iterate_eval
 from cl_bench.geometry.fisher import (
     DENSE_KINDS, FISHER_KINDS, TaskOutputs, dense_curvature, diag_fisher, mas_importance,
 )
-from cl_bench.geometry.kfac import LayerBlock, kfac_factors, kron_quadratic, layer_delta, linear_blocks
+from cl_bench.geometry.kfac import KFAC_KINDS, LayerBlock, kfac_factors, kron_quadratic, layer_delta, linear_blocks
 from cl_bench.models import MultiHead
 from cl_bench.module import ContinualModule, OptimizerConfig
 from cl_bench.registry import register
@@ -256,16 +256,20 @@ class SIParams(QuadraticParams):
 
     ``omega_grad``: the gradient in omega = -sum_t g_t * d_t: ``task`` = the task loss alone (the
     unregularised gradient, as in the paper and its code), ``total`` = the loss with the penalty
-    (Avalanche's and Mammoth's SI).
+    (Avalanche's and Mammoth's SI). ``clip``: the penalty uses min(Omega, clip) (Avalanche clips
+    its cumulative Omega at 0.001; null: no clipping, as in the paper).
     """
 
     lam: float = 2.0
     xi: float = 0.1
     omega_grad: str = "task"
+    clip: Optional[float] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive(self.xi, "xi", strict=True)
+        if self.clip is not None:
+            _check_positive(self.clip, "clip", strict=True)
         if self.omega_grad not in ("task", "total"):
             raise ValueError(f"omega_grad={self.omega_grad!r} is not valid; choose one of ['task', 'total']")
 
@@ -294,11 +298,18 @@ class SI(QuadraticPenalty):
         self.omega.zero_()
         self.task_start.copy_(self.flat_params().detach())
 
+    def penalty_importance(self) -> Tensor:
+        """The penalty's importance ``[O, P]``: the cumulative Omega, clipped at ``clip`` if set."""
+        return self.curv_diag if self.params.clip is None else self.curv_diag.clamp(max=self.params.clip)
+
+    def quadratic(self, delta: Tensor) -> Tensor:
+        return (self.penalty_importance() * delta.square()).sum()
+
     def penalty_grad(self) -> Tensor:
         """d penalty / d theta = lam * sum_o Omega_o * (theta - theta_o*) (closed form, no backward)."""
         if self.anchors.shape[0] == 0:
             return torch.zeros(self.n_params, device=self.device)
-        return self.params.lam * (self.curv_diag * (self.flat_params().detach()[None] - self.anchors)).sum(0)
+        return self.params.lam * (self.penalty_importance() * (self.flat_params().detach()[None] - self.anchors)).sum(0)
 
     @torch.no_grad()
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -355,6 +366,11 @@ class KFACParams(EWCParams):
     """As EWC; a smaller default ``lam``: the Kronecker factors keep the large off-diagonal curvature."""
 
     lam: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fisher not in KFAC_KINDS:
+            raise ValueError(f"fisher={self.fisher!r} is not valid for kfac_ewc; choose one of {list(KFAC_KINDS)}")
 
 
 @register("kfac_ewc")

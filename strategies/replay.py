@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import quadprog
@@ -153,12 +153,19 @@ class GDumbParams(ReplayParams):
 
 @dataclass
 class LwFParams:
+    """``alpha_per_task``: the weight during task t is its entry t (the last entry for later
+    tasks), instead of ``alpha`` (Avalanche's schedule, e.g. van de Ven's alpha = t / (t + 1) ...)."""
+
     alpha: float = 1.0
     temperature: float = 2.0
+    alpha_per_task: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        alphas = [self.alpha, *(self.alpha_per_task or [])]
+        if min(alphas) < 0:
+            raise ValueError(f"alpha and alpha_per_task must be >= 0, got {alphas}")
+        if self.alpha_per_task is not None and not self.alpha_per_task:
+            raise ValueError("alpha_per_task must be null or a non-empty list (one weight per task)")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -496,8 +503,9 @@ class GDumb(ReplayModule):
 class LwF(Distilling):
     """Learning without Forgetting (Li & Hoiem 2017, Eq. 2), the functional regulariser.
 
-    loss = CE(current task) + alpha * KD(new, old; T) on the current batch, where
-    the old model is the network at the end of the previous task. A single head
+    loss = CE(current task) + alpha * KD(new, old; T) on the current batch (alpha: ``alpha``, or
+    ``alpha_per_task[t]`` during task t), where the old model is the network at the end of the
+    previous task. A single head
     distils the outputs of all earlier classes jointly (one softmax); a multi-head
     model distils each earlier task's head separately and sums (the original).
     """
@@ -510,8 +518,13 @@ class LwF(Distilling):
         raw = self.backbone.head(z, t) if isinstance(self.backbone.head, MultiHead) else self.backbone.head(z)
         loss = F.cross_entropy(self.mask_logits(raw, t) if self.mask_train_logits else raw, y)
         if bool(self.has_old):
-            loss = loss + self.params.alpha * self.distill(x, z, raw)
+            loss = loss + self.alpha() * self.distill(x, z, raw)
         return self.finish(loss, batch_idx)
+
+    def alpha(self) -> float:
+        """The distillation weight of the current task."""
+        schedule = self.params.alpha_per_task
+        return self.params.alpha if schedule is None else schedule[min(self.current_task, len(schedule) - 1)]
 
     def distill(self, x: Tensor, z: Tensor, logits: Tensor) -> Tensor:
         """Sum of the KD terms of the earlier tasks' outputs (``logits``: unmasked, current head)."""

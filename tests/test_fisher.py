@@ -76,6 +76,21 @@ def test_empirical_and_weighted_fisher_use_the_true_labels() -> None:
     torch.testing.assert_close(wtd, brute_fisher(model, x, lambda i, c, p: p[c] * (c == y[i])), rtol=1e-10, atol=1e-12)
 
 
+def test_batch_fisher_is_the_mean_squared_minibatch_gradient() -> None:
+    """Avalanche's estimator: one squared gradient of the minibatch-mean log-likelihood per minibatch."""
+    model = TaskOutputs(tiny(), 0, None)
+    x, y = data(7)
+    parts = batches(x, y, 3)  # minibatches of 3, 3, 1: averaged over minibatches, not samples
+    got = diag_fisher(model, parts, "batch")
+    want = sum(grad_of(model(xb).log_softmax(-1).gather(1, yb[:, None]).mean(), model).square()
+               for xb, yb in parts) / len(parts)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # minibatches of one sample: the empirical Fisher
+    torch.testing.assert_close(diag_fisher(model, batches(x, y, 1), "batch"),
+                               diag_fisher(model, batches(x, y), "empirical"), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(got, diag_fisher(model, batches(x, y), "empirical"))
+
+
 def test_sampled_fisher_uses_model_labels_and_is_unbiased() -> None:
     model = TaskOutputs(tiny(), 0, None)
     x, y = data()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from cl_bench.config import build_plan, load_config
+from cl_bench.config import ConfigError, build_plan, load_config
 from cl_bench.data import iterate_eval
 from cl_bench.runner import build_module, load_scenario, run_one
 from strategies.replay import (
@@ -206,6 +206,15 @@ def test_lwf_distils_nothing_right_after_the_snapshot_and_runs_multi_head(head):
     z = module.backbone.features(x)
     logits = module.backbone.head(z, ids) if head == "multi" else module.backbone.head(z)
     assert float(module.distill(x, z, logits).detach()) > 1e-6
+
+
+def test_lwf_alpha_schedule_is_per_task_and_repeats_its_last_entry():
+    (_, result), modules = run_tiny("lwf", "class_il", "strategies.lwf.alpha_per_task=[0.0,0.5]")
+    assert result.status == "ok"
+    module = modules[-1]
+    assert [(setattr(module, "current_task", t), module.alpha())[1] for t in range(3)] == [0.0, 0.5, 0.5]
+    with pytest.raises(ConfigError, match="alpha_per_task must be >= 0"):
+        tiny_plan("lwf", "class_il", "strategies.lwf.alpha_per_task=[1.0,-2.0]")
 
 
 # -------------------------------------------------------- real Trainer runs

@@ -73,6 +73,19 @@ def test_rows_compare_real_runs_with_the_published_table(tmp_path: Path) -> None
                  "--no-train"]) == 0
     assert table_row(out.read_text(), "naive", "task_il")[6] == "off, NOT EXPLAINED"
 
+    # the same runs scored with another metric (Avalanche's pooled-stream accuracy)
+    spec = spec_file(tmp_path, far)
+    spec.write_text(spec.read_text().replace("source: a table", "metric: acc_sample_weighted\n    source: a table"))
+    assert main(["reproduce", "--spec", str(spec), "--runs-dir", str(runs), "--out", str(out), "--no-train"]) == 0
+    files = sorted((runs / "digits" / "runs" / "task_il" / "naive").glob("seed*.json"))
+    pooled = [100 * json.loads(f.read_text())["metrics"]["acc_sample_weighted"] for f in files]
+    md = out.read_text()
+    assert table_row(md, "naive", "task_il")[2] == f"{statistics.fmean(pooled):.2f} ± {statistics.stdev(pooled):.2f}"
+    assert "Metric: `acc_sample_weighted`" in md
+    spec.write_text(spec.read_text().replace("metric: acc_sample_weighted", "metric: bwt"))
+    with pytest.raises(ConfigError, match="metric='bwt'; valid: acc, acc_sample_weighted"):
+        load_spec(spec)
+
     # a sixth seed not run yet: the row keeps its verdict and says it is incomplete
     spec = spec_file(tmp_path, far)
     spec.write_text(spec.read_text().replace("seeds=[0,1,2,3,4]", "seeds=[0,1,2,3,4,5]"))
@@ -113,10 +126,12 @@ def test_the_shipped_spec_names_runnable_published_protocols() -> None:
     spec = load_spec(DEFAULT_SPEC)
     assert spec["tolerance"] == 3.0 and spec["min_seeds"] >= 5
     rows = sum(len(v) for e in spec["experiments"].values() for v in e["published"].values())
-    assert rows == 38
+    assert rows == 43  # DER Table 2: 38; continual-learning-baselines MNIST entries: 5
     # DER Table 2 values, spot-checked against ../shared/REFERENCES.md
     assert spec["experiments"]["der_smnist_replay"]["published"]["derpp_500"] == {"class_il": 91.00, "task_il": 98.94}
     assert spec["experiments"]["der_pmnist_local"]["published"]["oewc"] == {"domain_il": 75.79}
+    assert spec["experiments"]["clb_pmnist_agem"]["published"]["agem"] == {"domain_il": 81.0}
+    assert {e.get("metric") for n, e in spec["experiments"].items() if n.startswith("clb_")} == {"acc_sample_weighted"}
     for name, entry in spec["experiments"].items():  # every label exists in its experiment config, >= 5 seeds
         plan = plan_of(name, entry, Path("/nonexistent"), spec["min_seeds"])
         assert {s.label for s in plan.runs} == set(entry["published"])

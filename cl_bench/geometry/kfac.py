@@ -62,6 +62,10 @@ def linear_blocks(model: nn.Module) -> dict[str, LayerBlock]:
     return blocks
 
 
+#: per-sample estimators only: a squared minibatch gradient (``batch``) has no Kronecker form
+KFAC_KINDS: tuple[str, ...] = tuple(k for k in FISHER_KINDS if k != "batch")
+
+
 def _output_weights(p: Tensor, y: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
     """``V [M, B, K]`` such that backpropagating ``sum_{i,k} V[m,i,k] log p(k|x_i)`` gives the m-th
     gradient sample per input: sqrt(p(c|x)) for every class c (exact), a sampled or the true label."""
@@ -84,8 +88,8 @@ def kfac_factors(
     ``model(x) -> logits [B, K]`` (e.g. :class:`~cl_bench.geometry.fisher.TaskOutputs`);
     layers a batch does not reach (other tasks' heads) keep zero factors.
     """
-    if kind not in FISHER_KINDS:
-        raise ValueError(f"fisher={kind!r} is not valid; choose one of {list(FISHER_KINDS)}")
+    if kind not in KFAC_KINDS:
+        raise ValueError(f"fisher={kind!r} is not valid for KFAC; choose one of {list(KFAC_KINDS)}")
     blocks = linear_blocks(model)
     layers = dict(model.named_modules())
     ref = next(p for p in model.parameters() if p.requires_grad)
