@@ -249,9 +249,10 @@ class PathRecorder(L.Callback):
         self.omega_total = self.omega_total - self.g_total * d
 
 
-@pytest.mark.parametrize("omega_grad", ["task", "total"])
-def test_si_importance_is_the_path_integral_of_a_real_training_run(omega_grad: str) -> None:
-    module, sc = build(SI, SIParams(lam=50.0, xi=0.2, omega_grad=omega_grad), double=False, lr=0.2)
+@pytest.mark.parametrize(("omega_grad", "clip"), [("task", None), ("total", None), ("task", 1e-3)])
+def test_si_importance_is_the_path_integral_of_a_real_training_run(omega_grad: str, clip: float | None) -> None:
+    """With ``clip`` the penalty (and so the closed-form gradient ``task`` subtracts) uses min(Omega, clip)."""
+    module, sc = build(SI, SIParams(lam=50.0, xi=0.2, omega_grad=omega_grad, clip=clip), double=False, lr=0.2)
     big_omega = 0
     for task in sc.tasks:
         module.before_task(task)
@@ -271,6 +272,9 @@ def test_si_importance_is_the_path_integral_of_a_real_training_run(omega_grad: s
         torch.testing.assert_close(module.curv_diag[0], big_omega, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(module.anchors[0], module.flat_params().detach())
     assert (big_omega.abs() > 1e-4).sum() > module.n_params // 2
+    if clip is not None:  # the cap is active, and only in the penalty: Omega itself is kept whole
+        assert (big_omega > clip).sum() > 5
+        torch.testing.assert_close(module.penalty_importance()[0], big_omega.clamp(max=clip), rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------------ checkpoints
