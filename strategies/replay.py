@@ -381,7 +381,8 @@ class ICaRL(ReplayModule, Distilling):
     """iCaRL (Rebuffi et al. 2017): herding exemplars (Alg. 4, 5), distillation (Alg. 3),
     nearest-mean-of-exemplars classifier (Alg. 1). Class-incremental by design.
 
-    Training (Alg. 3): each step uses the batch plus ``minibatch_size`` exemplars;
+    Training (Alg. 3): each step uses the batch plus ``minibatch_size`` exemplars (the paper and
+    Mammoth train on the union of the new data and the exemplars, i.e. a far lower replay rate);
     loss = mean BCE-with-logits over the outputs of the classes seen so far, with
     targets one-hot(y) on the current task's classes and sigmoid(old model) on
     the earlier ones. After each task: m = K // #seen classes exemplars per class
