@@ -147,7 +147,7 @@ def rows_of(name: str, entry: dict[str, Any], results: list[RunResult], n_seeds:
     rows = []
     for label, published in entry["published"].items():
         for setting, value in published.items():
-            accs = [100.0 * r.metrics[entry.get("metric", "acc")] for r in results
+            accs = [100.0 * r.metrics[entry["metric"]] for r in results
                     if r.label == label and r.setting == setting and r.status == "ok"]
             rows.append(Row(name, label, setting, float(value), accs, n_seeds, float(spec["tolerance"]),
                             spec["notes"].get(f"{name}/{label}/{setting}")))
@@ -174,9 +174,8 @@ def render(rows: list[Row], entries: dict[str, dict[str, Any]], spec_path: Path,
         entry = entries[name]
         config = (f"overrides `{' '.join(entry['overrides'])}`" if entry.get("overrides")
                   else f"`configs/experiment/{name}.yaml`")
-        metric = entry.get("metric", "acc")
         out += [f"## {name}", "", f"Source: {entry['source']}. Config: {config}. "
-                f"Metric: `{metric}` = {METRICS[metric]}.", "",
+                f"Metric: `{entry['metric']}` = {METRICS[entry['metric']]}.", "",
                 "| method | setting | ours (mean ± std) | seeds | published | diff | verdict |",
                 "|---|---|---|---|---|---|---|"]
         for r in done:

@@ -154,7 +154,8 @@ class GDumbParams(ReplayParams):
 @dataclass
 class LwFParams:
     """``alpha_per_task``: the weight during task t is its entry t (the last entry for later
-    tasks), instead of ``alpha`` (Avalanche's schedule, e.g. van de Ven's alpha = t / (t + 1) ...)."""
+    tasks), instead of ``alpha`` (Avalanche's list form; e.g. continual-learning-baselines'
+    Split-MNIST schedule [0, 0.5, 1.333, 2.25, 3.2])."""
 
     alpha: float = 1.0
     temperature: float = 2.0

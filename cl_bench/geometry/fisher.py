@@ -109,11 +109,6 @@ def per_sample_grads(model: nn.Module, x: Tensor, c: Tensor) -> Tensor:
     return flatten(_sample_grads(model, x, c), 1)
 
 
-def per_sample_class_grads(model: nn.Module, x: Tensor) -> Tensor:
-    """``[B, K, P]``: entry (i, c) = d log p(c | x_i) / d theta (all classes, one ``jacrev``)."""
-    return flatten(_class_grads(model, x), 2)
-
-
 def _weighted_squares(grads: dict[str, Tensor], w: Tensor) -> Tensor:
     """``[P]``: sum over the leading (sample[, class]) dims of ``w * g^2``, one parameter at a time
     (never a ``[B, P]`` copy: the concatenation and products of the flat matrix dominated the cost)."""
@@ -174,8 +169,8 @@ def mas_importance(model: nn.Module, batches: Batches) -> Tensor:
 
     total, n = None, 0
     for x, _ in batches:
-        part = sum(torch.cat([g.abs().sum(0).reshape(-1) for g in vmap(grad(sq_norm), in_dims=(None, 0))(params, xc).values()])
-                   for xc in x.split(_rows(model, 1)))
+        per_sample = (vmap(grad(sq_norm), in_dims=(None, 0))(params, xc) for xc in x.split(_rows(model, 1)))
+        part = sum(torch.cat([g.abs().sum(0).reshape(-1) for g in grads.values()]) for grads in per_sample)
         total = part if total is None else total + part
         n += x.shape[0]
     if total is None:
