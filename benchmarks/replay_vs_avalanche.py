@@ -12,6 +12,10 @@ initial weights) on the same normalised in-memory tensors in one process.
   batch_size_mem=10)``. Its default storage policy fills the memory at the end
   of each experience (experience-balanced), not by reservoir during the
   stream, so the two replay the same amount but not the same examples.
+  ``--avalanche-data tensors`` (default) gives Avalanche the same normalised
+  tensors (its cheapest input path); ``classic`` uses Avalanche's own
+  ``SplitMNIST`` on the same MNIST files (``TensorMNIST`` with a per-sample
+  ``Normalize``), i.e. what an Avalanche user runs.
 
     CL_BENCH_DATA=../shared/datasets uv run python -m benchmarks.replay_vs_avalanche --seeds 0 1 2
 """
@@ -19,8 +23,10 @@ initial weights) on the same normalised in-memory tensors in one process.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -33,13 +39,23 @@ from cl_bench.runner import load_scenario, run_one
 LABEL, MEM, BATCH, MEM_BATCH, LR, EPOCHS = "er_500", 500, 10, 10, 0.1, 1
 
 
-def avalanche_er(scenario, model_cfg: dict, seed: int) -> tuple[float, float]:
+def avalanche_benchmark(scenario, data: str, root: str | None) -> Any:
+    """The scenario for Avalanche: our tensors (``tensors``) or its classic ``SplitMNIST`` (``classic``)."""
+    if data == "tensors":
+        return avalanche_split(scenario)
+    from avalanche.benchmarks.classic import SplitMNIST
+
+    order = [c for t in scenario.tasks for c in t.classes]
+    return SplitMNIST(scenario.n_tasks, fixed_class_order=order, dataset_root=root)
+
+
+def avalanche_er(scenario, model_cfg: dict, seed: int, data: str, root: str | None) -> tuple[float, float]:
     """Seconds and final mean accuracy of Avalanche's Naive + ReplayPlugin."""
     from avalanche.evaluation.metrics import accuracy_metrics
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 
-    benchmark = avalanche_split(scenario)
+    benchmark = avalanche_benchmark(scenario, data, root)
     torch.manual_seed(seed)
     model = build_model(model_cfg, scenario.input_shape, scenario.n_outputs, scenario.task_classes())
     strategy = Naive(
@@ -57,6 +73,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both sides")
+    ap.add_argument("--avalanche-data", choices=["tensors", "classic"], default="tensors",
+                    help="Avalanche's input: our normalised tensors, or its own SplitMNIST on the same files")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -69,11 +87,12 @@ def main() -> None:
         t0 = time.perf_counter()
         ours = run_one(spec, scenario)
         t_ours = time.perf_counter() - t0
-        t_ava, acc_ava = avalanche_er(scenario, spec.model, seed)
+        t_ava, acc_ava = avalanche_er(scenario, spec.model, seed, args.avalanche_data,
+                                      os.environ.get("CL_BENCH_DATA"))
         rows.append((seed, t_ours, ours.metrics["acc"], t_ava, acc_ava))
         print(f"seed {seed}: cl-bench {t_ours:7.1f} s acc {ours.metrics['acc']:.4f} | "
               f"avalanche {t_ava:7.1f} s acc {acc_ava:.4f} | ratio {t_ava / t_ours:.2f}x", flush=True)
-    print(f"device: {device_info('cpu')}, torch threads: {args.threads}")
+    print(f"device: {device_info('cpu')}, torch threads: {args.threads}, avalanche input: {args.avalanche_data}")
     mean = statistics.fmean
     sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
     ours_t, ours_a = [r[1] for r in rows], [r[2] for r in rows]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cl_bench.config import ConfigError, build_plan, load_config
 from cl_bench.registry import strategy_names
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def plan(*overrides: str, config_file: str | None = None):
@@ -85,3 +89,10 @@ def test_config_hash_changes_with_hyperparameters() -> None:
     b = plan("strategy=naive", "settings=[class_il]", "optimizer.lr=0.1").runs[0]
     assert a.config_hash() != b.config_hash()
     assert a.config_hash() == plan("strategy=naive", "settings=[class_il]").runs[0].config_hash()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+def test_every_shipped_experiment_config_validates(name: str) -> None:
+    """Each file under configs/experiment/ expands into runs (every section checked, nothing trained)."""
+    plan = build_plan(load_config([f"experiment={name}"]))
+    assert plan.runs and plan.name == name

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from cl_bench.geometry import lanczos, make_operator, module_objective
+from cl_bench.geometry.fisher import dense_ggn, dense_hessian
 from cl_bench.module import OptimizerConfig
 from strategies.isolation import GPM, OGD, GPMParams, OGDParams, OrthogonalSGD
 from test_isolation_core import (
@@ -109,3 +110,29 @@ def test_optimiser_state_is_dropped_when_a_task_starts() -> None:
 
     fit_task(module, t1, epochs=1, callbacks=[StaleMomentum()])
     assert seen["state"] == 0
+
+
+def test_ogd_zeroes_the_gauss_newton_energy_of_a_past_task_but_not_the_hessians() -> None:
+    """OGD (Farajtabar et al. 2020) with every output gradient of every sample stored keeps J_0 D = 0 for
+    D = theta_1 - theta_0*, so the Gauss-Newton energy D^T G_0 D (G_0 = sum_n J_n^T H_out J_n / N) is 0;
+    the Hessian H_0 = G_0 + sum_n (dl/df_n) d^2 f_n / N keeps the residual term, which no memory of output
+    gradients sees: D^T H_0 D = D^T (H_0 - G_0) D != 0 (the C3 picture of reports/isolation.md)."""
+    module = build(OGD, OGDParams(samples=48, variant="all_logits"), setting="class_il",
+                   widths=(32, 32), optimizer=OptimizerConfig(lr=0.1, momentum=0.9))  # 1478 parameters, 288 stored
+    t0, t1, _ = module.scenario.tasks
+    fit_task(module, t0)
+    anchor, past = flat(module), copy.deepcopy(module.backbone).double()
+    naive = without_basis(module)
+    fit_task(module, t1)
+    fit_task(naive, t1)
+    x, y = all_inputs(module, t0)
+    G, H = dense_ggn(past, [(x, y)]), dense_hessian(past, [(x, y)])
+    g1, h1 = torch.linalg.eigvalsh(G)[-1], torch.linalg.eigvalsh(H)[-1]
+
+    def energies(m) -> tuple[float, float]:
+        d = flat(m) - anchor
+        return float(d @ G @ d / (g1 * d @ d)), float(d @ H @ d / (h1 * d @ d))
+
+    (ogd_g, ogd_h), (naive_g, naive_h) = energies(module), energies(naive)
+    assert abs(ogd_g) < 1e-10 and naive_g > 1e-3, (ogd_g, naive_g)
+    assert abs(ogd_h) > 1e-4, ogd_h  # the residual term: OGD's update still has Hessian energy
