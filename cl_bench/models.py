@@ -73,13 +73,15 @@ class MultiHead(nn.Module):
 
 
 class Backbone(nn.Module):
-    """``forward(x, task_ids) = head(features(x))``; ``feature_dim`` = D."""
+    """``forward(x, task_ids) = head(features(x))``; ``feature_dim`` = D; ``init`` = the weight scheme
+    (``model.init``) that :func:`reinitialise` re-applies."""
 
     def __init__(self, body: nn.Module, feature_dim: int, head: nn.Module) -> None:
         super().__init__()
         self.body = body
         self.feature_dim = feature_dim
         self.head = head
+        self.init = "default"
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate representation ``[B, D]``."""
@@ -251,9 +253,20 @@ def build_model(
         model = ResNet18(input_shape, n_outputs, nf=64, head=head, task_classes=task_classes)
     else:
         model = reduced_resnet18(input_shape, n_outputs, head=head, task_classes=task_classes)
+    model.init = init
     if init == "xavier":
         xavier_init(model)
     return model
+
+
+def reinitialise(model: nn.Module) -> None:
+    """Fresh random weights drawn as at construction: every layer's ``reset_parameters``, then the
+    model's ``init`` scheme (GDumb's retraining from scratch)."""
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    if getattr(model, "init", "default") == "xavier":
+        xavier_init(model)
 
 
 def xavier_init(model: nn.Module) -> None:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from cl_bench.buffer import POLICIES, Buffer, herding, rank_within_groups
 from cl_bench.data.batching import to_float
 from cl_bench.data.task import Scenario, Task
-from cl_bench.models import MultiHead
+from cl_bench.models import MultiHead, reinitialise
 from cl_bench.module import ContinualModule, OptimizerConfig
 from cl_bench.registry import register
 
@@ -464,8 +464,8 @@ class ICaRL(ReplayModule, Distilling):
 @register("gdumb")
 class GDumb(ReplayModule):
     """GDumb (Prabhu et al. 2020): a greedy class-balanced sampler fills the memory during
-    the stream (no training on it); after each task the network is re-initialised and
-    trained from scratch on the memory only (``fit_epochs`` epochs, batches of
+    the stream (no training on it); after each task the network is re-initialised (fresh
+    weights under ``model.init``) and trained from scratch on the memory only (``fit_epochs`` epochs, batches of
     ``minibatch_size``, the strategy's optimiser). GDumb's cutmix and SGDR schedule
     are not used.
     """
@@ -483,9 +483,7 @@ class GDumb(ReplayModule):
         self.buffer.add(x, y, t)
 
     def after_task(self, task: Task) -> None:
-        for module in self.backbone.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        reinitialise(self.backbone)
         optimizer = self.optim_cfg.build(self.trainable())
         mem, bs = self.buffer.data(), self.params.minibatch_size
         was_training = self.training

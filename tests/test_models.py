@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.models import MLP, MODEL_INFO, Backbone, MultiHead, ResNet18, SmallCNN, build_model, masked_logit
+from cl_bench.models import (
+    MLP, MODEL_INFO, Backbone, MultiHead, ResNet18, SmallCNN, build_model, masked_logit, reinitialise,
+)
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 SPLIT = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
@@ -76,6 +78,25 @@ def test_xavier_init_is_glorot_uniform_with_zero_biases():
         assert lin.weight.std().item() == pytest.approx(a / math.sqrt(3), rel=0.02)
         assert torch.count_nonzero(lin.bias) == 0
 
+
+
+@pytest.mark.parametrize("init", ["default", "xavier"])
+def test_reinitialise_draws_fresh_weights_under_the_models_init(init: str) -> None:
+    """GDumb's retraining from scratch: new weights, drawn the way the model was built (xavier: zero biases
+    and |W| <= a; default: PyTorch's uniform biases)."""
+    torch.manual_seed(0)
+    m = build_model({"name": "mlp", "widths": [30, 20], "init": init}, (1, 8, 8), 10, SPLIT)
+    before = [p.detach().clone() for p in m.parameters()]
+    reinitialise(m)
+    linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+    for lin in linears:
+        fan_out, fan_in = lin.weight.shape
+        if init == "xavier":
+            assert torch.count_nonzero(lin.bias) == 0
+            assert lin.weight.abs().max() <= math.sqrt(6 / (fan_in + fan_out))
+        else:
+            assert torch.count_nonzero(lin.bias) == lin.bias.numel()
+    assert all(not torch.equal(a, b) for a, b in zip(before, m.parameters()) if a.abs().sum() > 0)
 
 def test_mlp_tanh_forward_matches_formula():
     m = MLP((2, 3), [4], 5, activation="tanh").double()
