@@ -6,6 +6,8 @@ lr 0.1, batch 10 + 10 replayed examples per step, 1 epoch per task, every task
 evaluated after every task. Both sides train the same network (same seed, same
 initial weights) on the same normalised in-memory tensors in one process.
 
+- raw: :func:`benchmarks.common.raw_loop` (``method="er"``), the same work as a
+  plain PyTorch loop: the floor any framework is measured against.
 - cl-bench: ``strategy=er`` through the real runner (Lightning Trainer per task,
   reservoir buffer updated every step, on-device batches).
 - Avalanche: ``Naive`` + ``ReplayPlugin(mem_size=500, batch_size=10,
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import avalanche_final_accuracies, avalanche_split
+from benchmarks.common import avalanche_final_accuracies, avalanche_split, raw_loop
 from cl_bench.config import build_plan, load_config
 from cl_bench.models import build_model
 from cl_bench.results import device_info
@@ -89,9 +91,16 @@ def main() -> None:
         t_ours = time.perf_counter() - t0
         t_ava, acc_ava = avalanche_er(scenario, spec.model, seed, args.avalanche_data,
                                       os.environ.get("CL_BENCH_DATA"))
-        rows.append((seed, t_ours, ours.metrics["acc"], t_ava, acc_ava))
+        t0 = time.perf_counter()
+        raw = raw_loop(scenario, lambda: build_model(spec.model, scenario.input_shape, scenario.n_outputs,
+                                                     scenario.task_classes()),
+                       lambda m: torch.optim.SGD(m.parameters(), lr=LR), EPOCHS, BATCH, "cpu", seed,
+                       method="er", buffer_size=MEM, replay_batch=MEM_BATCH)
+        t_raw, acc_raw = time.perf_counter() - t0, sum(raw[-1]) / len(raw[-1])
+        rows.append((seed, t_ours, ours.metrics["acc"], t_ava, acc_ava, t_raw, acc_raw))
         print(f"seed {seed}: cl-bench {t_ours:7.1f} s acc {ours.metrics['acc']:.4f} | "
-              f"avalanche {t_ava:7.1f} s acc {acc_ava:.4f} | ratio {t_ava / t_ours:.2f}x", flush=True)
+              f"avalanche {t_ava:7.1f} s acc {acc_ava:.4f} | raw {t_raw:7.1f} s acc {acc_raw:.4f} | "
+              f"ratio {t_ava / t_ours:.2f}x", flush=True)
     print(f"device: {device_info('cpu')}, torch threads: {args.threads}, avalanche input: {args.avalanche_data}")
     mean = statistics.fmean
     sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
@@ -99,9 +108,13 @@ def main() -> None:
     ava_t, ava_a = [r[3] for r in rows], [r[4] for r in rows]
     print(f"{'implementation':<12} {'seconds':>8} {'final ACC (mean +- std)':>26}")
     print(f"{'cl-bench':<12} {mean(ours_t):8.1f} {mean(ours_a):17.4f} +- {sd(ours_a):.4f}")
+    raw_t, raw_a = [r[5] for r in rows], [r[6] for r in rows]
     print(f"{'avalanche':<12} {mean(ava_t):8.1f} {mean(ava_a):17.4f} +- {sd(ava_a):.4f}")
+    print(f"{'raw loop':<12} {mean(raw_t):8.1f} {mean(raw_a):17.4f} +- {sd(raw_a):.4f}")
     print(f"time ratio avalanche / cl-bench: {mean(ava_t) / mean(ours_t):.2f}x; "
           f"accuracy difference: {100 * (mean(ours_a) - mean(ava_a)):+.2f} points")
+    print(f"time ratio cl-bench / raw: {mean(ours_t) / mean(raw_t):.2f}x; "
+          f"avalanche / raw: {mean(ava_t) / mean(raw_t):.2f}x")
 
 
 if __name__ == "__main__":
