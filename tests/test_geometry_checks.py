@@ -147,16 +147,23 @@ def mlp_snapshot():
                        radii=[0.01, 0.1, 1.0, 10.0, 100.0])
     snap = take_snapshot(obj, theta, 0, cfg)
     h = torch.func.hessian(lambda th: obj.chunk_loss(th, obj.x, obj.y))(theta)
-    return snap, h, cfg
+    jac = torch.func.jacrev(lambda th: obj.forward(th, obj.x))(theta)  # [N, C, P]
+    prob = torch.softmax(obj.forward(theta, obj.x), -1)
+    h_out = torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]  # cross-entropy's d^2 l / dz^2
+    ggn = torch.einsum("ncp,ncd,ndq->pq", jac, h_out, jac) / obj.n
+    return snap, h, cfg, ggn
 
 
 def test_curvature_energy_and_random_baseline_match_the_dense_hessian(mlp_snapshot):
-    snap, h, cfg = mlp_snapshot
+    snap, h, cfg, ggn = mlp_snapshot
     p = h.shape[0]
     lam1 = float(torch.linalg.eigvalsh(h)[-1])
     d = 0.05 * torch.randn(p, dtype=F64, generator=torch.Generator().manual_seed(2))
     rec = by_id(PairChecks(snap, snap.theta + d, 1, cfg).run(["C3"]))["C3"]["values"]
     assert rec["rho"] == pytest.approx(float(d @ h @ d) / (lam1 * float(d @ d)), rel=1e-6)
+    # the Gauss-Newton part of D^T H D, against J^T (diag p - p p^T) J / N built densely
+    assert rec["gauss_newton_rho"] == pytest.approx(float(d @ ggn @ d) / (lam1 * float(d @ d)), rel=1e-6)
+    assert not math.isclose(rec["gauss_newton_rho"], rec["rho"], rel_tol=1e-3)  # tanh net: H != G
     dense_baseline = float(h.trace()) / (p * lam1)
     assert abs(rec["random_baseline"] - dense_baseline) < 4 * snap.trace_std_error / (p * lam1)
     # the baseline is what a random direction of equal norm gets on average: E[u^T H u] / ||u||^2 = tr H / P
@@ -166,7 +173,7 @@ def test_curvature_energy_and_random_baseline_match_the_dense_hessian(mlp_snapsh
 
 
 def test_validity_radius_is_finite_on_a_nonlinear_model(mlp_snapshot):
-    snap, _, _ = mlp_snapshot
+    snap, _, _, _ = mlp_snapshot
     curves = snap.record["radius"]["directions"]
     assert set(curves) == {"v1", "random1"}
     assert 0 <= snap.radius < math.inf

@@ -79,8 +79,9 @@ def test_summary_is_json_and_every_pair_has_every_check(naive_run):
     assert ids == ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C10", "C11"]
     assert [r["o"] for r in summary["records"] if r["id"] == "C12"] == [0, 1, 2]
     assert summary["cost"]["snapshot_lanczos"]["hvp"] > 0 and summary["cost"]["C2"]["hvp"] >= 0
-    # per pair: H_o D once (shared by C0/C2/C3/C4/C7) and H(theta_t) u once (C7's remainder, used by C4)
-    assert sum(r["cost"]["hvp"] for r in checks) == 2 * 3
+    # per pair: H_o D once (shared by C0/C2/C3/C4/C7), G_o D once (C3's Gauss-Newton part) and
+    # H(theta_t) u once (C7's remainder, used by C4)
+    assert sum(r["cost"]["hvp"] for r in checks) == 3 * 3
 
 
 def test_loss_forgetting_matches_a_direct_evaluation(naive_run):

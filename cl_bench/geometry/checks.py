@@ -70,8 +70,10 @@ class PairChecks:
         return self._cache[key]
 
     def _operator(self, theta: Tensor) -> CurvatureOperator:
-        op = make_operator(self.cfg.curvature, self.snap.objective, theta)
-        self._ops.append(op)
+        return self._track(make_operator(self.cfg.curvature, self.snap.objective, theta))
+
+    def _track(self, op: CurvatureOperator) -> CurvatureOperator:
+        self._ops.append(op)  # products() counts its matvecs
         return op
 
     def products(self) -> int:
@@ -100,6 +102,13 @@ class PairChecks:
     def quadratic(self) -> float:
         """D^T H D."""
         return float(self.d @ self.hd)
+
+    @property
+    def gauss_newton_quadratic(self) -> float:
+        """D^T G D with G the Gauss-Newton matrix at theta_o* (one product): the part of D^T H D that
+        the outputs' first-order change explains; H - G = sum_n (dl/df_n) d^2 f_n / N is the rest."""
+        return self._once("gn", lambda: float(self.d @ self._track(make_operator("ggn", self.snap.objective,
+                                                                                  self.snap.theta)).matvec(self.d)))
 
     @property
     def predicted(self) -> float:
@@ -166,7 +175,10 @@ class PairChecks:
         return self._rec("C2", _verdict(ok), vals, self.cfg.kappa_tol, reason)
 
     def c3(self) -> dict[str, Any]:
-        """Curvature energy rho = D^T H D / (lambda_1 ||D||^2) vs a random direction's tr H / (P lambda_1)."""
+        """Curvature energy rho = D^T H D / (lambda_1 ||D||^2) vs a random direction's tr H / (P lambda_1).
+
+        On the Hessian it also reports ``gauss_newton_rho`` = D^T G D / (lambda_1 ||D||^2): OGD-style
+        methods zero this part (J D = 0), and rho minus it is the residual term's share."""
         s = self.snap
         baseline = s.trace / (self.d.numel() * s.lambda_1) if s.lambda_1 > 0 else math.nan
         vals = {"rho": math.nan, "random_baseline": baseline, "ratio_to_random": math.nan}
@@ -176,6 +188,8 @@ class PairChecks:
             return self._rec("C3", NA, vals, self.cfg.energy_tol, "lambda_1 <= 0: no curvature scale")
         rho = self.quadratic / (s.lambda_1 * self.d_norm**2)
         vals.update(rho=rho, ratio_to_random=rho / baseline if baseline > 0 else math.nan)
+        if self.cfg.curvature == "hessian":
+            vals["gauss_newton_rho"] = self.gauss_newton_quadratic / (s.lambda_1 * self.d_norm**2)
         ok = rho <= self.cfg.energy_tol * baseline
         reason = None if ok else "update carries more curvature energy than a random direction of equal norm"
         return self._rec("C3", _verdict(ok), vals, {"ratio_to_random": self.cfg.energy_tol}, reason)
