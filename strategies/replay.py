@@ -465,9 +465,9 @@ class ICaRL(ReplayModule, Distilling):
 class GDumb(ReplayModule):
     """GDumb (Prabhu et al. 2020): a greedy class-balanced sampler fills the memory during
     the stream (no training on it); after each task the network is re-initialised (fresh
-    weights under ``model.init``) and trained from scratch on the memory only (``fit_epochs`` epochs, batches of
-    ``minibatch_size``, the strategy's optimiser). GDumb's cutmix and SGDR schedule
-    are not used.
+    weights under ``model.init``) and trained from scratch on the memory only
+    (``fit_epochs`` epochs, batches of ``minibatch_size``, the strategy's optimiser).
+    GDumb's cutmix and SGDR schedule are not used.
     """
 
     Params = GDumbParams

@@ -107,8 +107,10 @@ class PairChecks:
     def gauss_newton_quadratic(self) -> float:
         """D^T G D with G the Gauss-Newton matrix at theta_o* (one product): the part of D^T H D that
         the outputs' first-order change explains; H - G = sum_n (dl/df_n) d^2 f_n / N is the rest."""
-        return self._once("gn", lambda: float(self.d @ self._track(make_operator("ggn", self.snap.objective,
-                                                                                  self.snap.theta)).matvec(self.d)))
+        def compute() -> float:
+            op = self._track(make_operator("ggn", self.snap.objective, self.snap.theta))
+            return float(self.d @ op.matvec(self.d))
+        return self._once("gn", compute)
 
     @property
     def predicted(self) -> float:
