@@ -3,8 +3,9 @@
 Protocol (the DER paper's S-MNIST ER(500), configs/experiment/der_smnist_replay.yaml
 label ``er_500``): 5 tasks x 2 classes, class-IL, MLP 784-100-100-10, plain SGD
 lr 0.1, batch 10 + 10 replayed examples per step, 1 epoch per task, every task
-evaluated after every task. Both sides train the same network (same seed, same
-initial weights) on the same normalised in-memory tensors in one process.
+evaluated after every task. All three train the same network (same seed, same
+initial weights) in one process, on the same in-memory tensors unless
+``--avalanche-data classic``.
 
 - raw: :func:`benchmarks.common.raw_loop` (``method="er"``), the same work as a
   plain PyTorch loop: the floor any framework is measured against.
@@ -17,7 +18,8 @@ initial weights) on the same normalised in-memory tensors in one process.
   ``--avalanche-data tensors`` (default) gives Avalanche the same normalised
   tensors (its cheapest input path); ``classic`` uses Avalanche's own
   ``SplitMNIST`` on the same MNIST files (``TensorMNIST`` with a per-sample
-  ``Normalize``), i.e. what an Avalanche user runs.
+  ``Normalize`` by MNIST's mean and std, where this protocol feeds pixels / 255),
+  i.e. what an Avalanche user runs.
 
     CL_BENCH_DATA=../shared/datasets uv run python -m benchmarks.replay_vs_avalanche --seeds 0 1 2
 """
@@ -106,9 +108,9 @@ def main() -> None:
     sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
     ours_t, ours_a = [r[1] for r in rows], [r[2] for r in rows]
     ava_t, ava_a = [r[3] for r in rows], [r[4] for r in rows]
+    raw_t, raw_a = [r[5] for r in rows], [r[6] for r in rows]
     print(f"{'implementation':<12} {'seconds':>8} {'final ACC (mean +- std)':>26}")
     print(f"{'cl-bench':<12} {mean(ours_t):8.1f} {mean(ours_a):17.4f} +- {sd(ours_a):.4f}")
-    raw_t, raw_a = [r[5] for r in rows], [r[6] for r in rows]
     print(f"{'avalanche':<12} {mean(ava_t):8.1f} {mean(ava_a):17.4f} +- {sd(ava_a):.4f}")
     print(f"{'raw loop':<12} {mean(raw_t):8.1f} {mean(raw_a):17.4f} +- {sd(raw_a):.4f}")
     print(f"time ratio avalanche / cl-bench: {mean(ava_t) / mean(ours_t):.2f}x; "

@@ -505,9 +505,9 @@ class LwF(Distilling):
 
     loss = CE(current task) + alpha * KD(new, old; T) on the current batch (alpha: ``alpha``, or
     ``alpha_per_task[t]`` during task t), where the old model is the network at the end of the
-    previous task. A single head
-    distils the outputs of all earlier classes jointly (one softmax); a multi-head
-    model distils each earlier task's head separately and sums (the original).
+    previous task. A single head distils the outputs of all earlier classes jointly (one
+    softmax); a multi-head model distils each earlier task's head separately and sums (the
+    original).
     """
 
     Params = LwFParams

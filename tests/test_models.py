@@ -79,7 +79,6 @@ def test_xavier_init_is_glorot_uniform_with_zero_biases():
         assert torch.count_nonzero(lin.bias) == 0
 
 
-
 @pytest.mark.parametrize("init", ["default", "xavier"])
 def test_reinitialise_draws_fresh_weights_under_the_models_init(init: str) -> None:
     """GDumb's retraining from scratch: new weights, drawn the way the model was built (xavier: zero biases
@@ -97,6 +96,7 @@ def test_reinitialise_draws_fresh_weights_under_the_models_init(init: str) -> No
         else:
             assert torch.count_nonzero(lin.bias) == lin.bias.numel()
     assert all(not torch.equal(a, b) for a, b in zip(before, m.parameters()) if a.abs().sum() > 0)
+
 
 def test_mlp_tanh_forward_matches_formula():
     m = MLP((2, 3), [4], 5, activation="tanh").double()

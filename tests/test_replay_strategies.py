@@ -212,7 +212,11 @@ def test_lwf_alpha_schedule_is_per_task_and_repeats_its_last_entry():
     (_, result), modules = run_tiny("lwf", "class_il", "strategies.lwf.alpha_per_task=[0.0,0.5]")
     assert result.status == "ok"
     module = modules[-1]
-    assert [(setattr(module, "current_task", t), module.alpha())[1] for t in range(3)] == [0.0, 0.5, 0.5]
+    weights = []
+    for t in range(3):
+        module.current_task = t
+        weights.append(module.alpha())
+    assert weights == [0.0, 0.5, 0.5]
     with pytest.raises(ConfigError, match="alpha_per_task must be >= 0"):
         tiny_plan("lwf", "class_il", "strategies.lwf.alpha_per_task=[1.0,-2.0]")
 
