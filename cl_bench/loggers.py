@@ -234,12 +234,12 @@ class RunLogger:
         """The run's record: its summary scalars (:func:`result_scalars`) to every logger (W&B: into the
         run summary), and the accuracy-matrix heatmap to W&B and TensorBoard; W&B also gets the accuracy
         and loss matrices, per-task timings / memory and the guarantee checks as tables."""
-        from cl_bench.report import acc_matrix_figure, check_rows, is_joint, png_bytes
+        from cl_bench.report import acc_matrix_figure, check_rows, png_bytes
 
         self._status = result.status
         scalars = result_scalars(result)
         self._log_scalars(scalars, [lg for lg in self.loggers if lg is not self.wandb])
-        joint = is_joint(result)
+        joint = result.joint
         title = f"{result.label}: {result.setting}, seed {result.seed}"
         heatmap = png_bytes(acc_matrix_figure(result.acc, title, joint)) if result.acc else None
         if self.tensorboard is not None and heatmap is not None:

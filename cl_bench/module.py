@@ -1,23 +1,50 @@
 """ContinualModule: the LightningModule every strategy extends.
 
-A strategy reads like one method: it overrides the few hooks it needs.
+A strategy is its loss terms plus the task hooks it needs. One optimiser step
+of every strategy is::
 
-- ``before_task(task)`` / ``after_task(task)``: called by the runner around
-  ``Trainer.fit`` on each task (consolidate Fisher, fill a buffer, grow a basis).
-- ``penalty()``: a regulariser added to the task loss in ``training_step``.
-- Lightning's own hooks (``on_after_backward``, ``on_before_optimizer_step``,
-  ``optimizer_step``) for gradient surgery and projection.
-- ``eval_logits(x, task_ids)``: scores used for evaluation (iCaRL swaps in its
-  nearest-mean classifier).
+    loss = task_loss(step) + replay_loss(step) + penalty()
 
-State that must survive a checkpoint (anchors, importances, buffers, masks,
-bases) lives in registered buffers.
+followed by the strategy's gradient transform and the optimiser step. The
+runner (``cl_bench.runner``) drives every event below; a strategy overrides
+only the ones it needs, and every optimiser step goes through the Trainer the
+runner builds (same configuration, devices and callbacks).
+
+Order of events of a run::
+
+    for task in training_tasks(scenario)         # every task in order; joint: their union
+        before_task(task)                        # may touch: any state; the network is about to train
+        for phase in phases(task)                # each phase is one Trainer.fit (default: "train")
+            before_phase(phase, task)            # e.g. PackNet prunes before "retrain", GDumb re-draws weights
+            Trainer.fit(batches(phase, task)):
+                configure_optimizers             # a fresh optimiser per phase
+                on_train_start                   # Lightning's hook; masks and bases are read here
+                for each minibatch (x, y, t):
+                    training_step:
+                        task_loss(step)          # the current batch's term; fills step.logits
+                        replay_loss(step)        # stored examples or a stored model (0 by default)
+                        penalty()                # a function of the parameters only (0 by default)
+                        observe(step)            # after the loss: add the batch to a buffer
+                    backward
+                    transform_gradients()        # from on_before_optimizer_step: surgery, masks, projections
+                    optimizer.step()
+                    transform_update(before)     # from optimizer_step: the step's parameter change
+        after_task(task)                         # consolidate: Fisher, anchors, buffer, masks, bases
+        (runner) evaluate every task -> row t; geometry checks of tasks < t, then task t's snapshot
+
+``eval_logits(x, task_ids)`` gives the scores used for evaluation (iCaRL swaps in
+its nearest-mean classifier). State that must survive a checkpoint (anchors,
+importances, buffers, masks, bases) lives in registered buffers. The network's
+flat parameter vector is defined once, in :mod:`cl_bench.layout`; frozen copies
+kept beside the network (a teacher) are named in ``frozen_copies``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import lightning as L
@@ -26,8 +53,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cl_bench.data.task import Scenario, Task
+from cl_bench.layout import network_parameters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm running statistics, no dropout) and autograd on, restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        module.train(was_training)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,6 +103,25 @@ class NoParams:
     """A strategy without hyper-parameters."""
 
 
+@dataclass
+class Step:
+    """One minibatch of the current task and what the task term computed on it."""
+
+    x: Tensor  # [B, ...] normalised inputs
+    y: Tensor  # [B] labels
+    t: Tensor  # [B] task ids
+    logits: Tensor | None = None  # [B, C] unmasked outputs on x, set by task_loss
+    features: Tensor | None = None  # [B, F] backbone features, where a task term computes them
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One ``Trainer.fit`` of a task: ``name`` says what it does, ``epochs`` overrides ``trainer.epochs``."""
+
+    name: str = "train"
+    epochs: int | None = None
+
+
 class ContinualModule(L.LightningModule):
     """Base strategy: plain fine-tuning with cross-entropy (the ``naive`` baseline).
 
@@ -74,8 +133,8 @@ class ContinualModule(L.LightningModule):
     name: ClassVar[str] = "base"
     family: ClassVar[str] = "baseline"
     Params: ClassVar[type] = NoParams
-    #: the runner trains a ``joint`` strategy once on the union of all tasks
-    joint: ClassVar[bool] = False
+    #: submodules that are frozen copies of the network (teachers): outside the parameter layout
+    frozen_copies: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -94,6 +153,7 @@ class ContinualModule(L.LightningModule):
         self.mask_train_logits = mask_train_logits and scenario.setting == "task_il"
         self.register_buffer("class_mask", scenario.class_mask(), persistent=False)
         self.current_task = 0
+        self.phase = Phase()
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Lightning sets ``_current_fx_name`` around every hook call (~40 times a step); a plain
@@ -112,26 +172,81 @@ class ContinualModule(L.LightningModule):
         return logits.masked_fill(~self.class_mask[task_ids], float("-inf"))
 
     def train_logits(self, x: Tensor, task_ids: Tensor) -> Tensor:
-        logits = self(x, task_ids)
+        """The logits the training loss uses (masked to the task's classes only with ``mask_train_logits``)."""
+        return self.as_trained(self(x, task_ids), task_ids)
+
+    def as_trained(self, logits: Tensor, task_ids: Tensor) -> Tensor:
+        """Unmasked logits -> the ones the training loss uses."""
         return self.mask_logits(logits, task_ids) if self.mask_train_logits else logits
+
+    def setting_logits(self, x: Tensor, task_ids: Tensor) -> Tensor:
+        """The network's logits as the setting evaluates them: masked to the task's classes in task-IL."""
+        logits = self(x, task_ids)
+        return self.mask_logits(logits, task_ids) if self.setting == "task_il" else logits
 
     @torch.no_grad()
     def eval_logits(self, x: Tensor, task_ids: Tensor) -> Tensor:
         """Scores used to evaluate; masked to the task's classes in task-IL."""
-        logits = self(x, task_ids)
-        return self.mask_logits(logits, task_ids) if self.setting == "task_il" else logits
+        return self.setting_logits(x, task_ids)
+
+    def network(self) -> list[nn.Parameter]:
+        """The network's parameters in the order of the flat layout (``cl_bench.layout``)."""
+        return [p for _, p in network_parameters(self)]
+
+    def isolated_mask(self, task_id: int) -> Tensor | None:
+        """Bool ``[P]`` in the layout of :mod:`cl_bench.layout`: the parameters task ``task_id``'s
+        evaluated outputs depend on, as declared at the end of that task; None: nothing declared."""
+        return None
+
+    # ------------------------------------------------------------ the terms
+    def task_loss(self, step: Step) -> Tensor:
+        """CE(f(x), y) on the current batch (logits masked to the task in task-IL with ``mask_train_logits``)."""
+        step.logits = self(step.x, step.t)
+        return F.cross_entropy(self.as_trained(step.logits, step.t), step.y)
+
+    def replay_loss(self, step: Step) -> Tensor | None:
+        """The past through stored examples or a stored model; None: no such term."""
+        return None
+
+    def penalty(self) -> Tensor | None:
+        """A regulariser of the parameters alone; None: no such term."""
+        return None
+
+    def observe(self, step: Step) -> None:
+        """After the loss of a step: what the strategy keeps of the batch (a buffer insertion)."""
+
+    def transform_gradients(self) -> None:
+        """Between backward and the optimiser step: edit the parameters' ``.grad`` in place."""
+
+    def guarded_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose change by the optimiser step :meth:`transform_update` corrects."""
+        return []
+
+    def transform_update(self, params: list[nn.Parameter], before: list[Tensor]) -> None:
+        """After the optimiser step: rewrite ``params`` given their values ``before`` it (no grad)."""
 
     # ------------------------------------------------------------- training
-    def penalty(self) -> Tensor:
-        """Regulariser added to the task loss (0 for fine-tuning)."""
-        return torch.zeros((), device=self.device)
-
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y, t = batch
-        loss = F.cross_entropy(self.train_logits(x, t), y) + self.penalty()
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        step = Step(*batch)
+        loss = self.task_loss(step)
+        for term in (self.replay_loss(step), self.penalty()):
+            if term is not None:
+                loss = loss + term
+        self.observe(step)
         self.check_finite(loss, batch_idx)
         self.log_step(loss)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.transform_gradients()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        params = self.guarded_parameters()
+        before = [p.detach().clone() for p in params]
+        optimizer.step(closure=optimizer_closure)
+        if params:
+            with torch.no_grad():
+                self.transform_update(params, before)
 
     def check_finite(self, loss: Tensor, batch_idx: int) -> None:
         if not math.isfinite(loss.item()):
@@ -149,12 +264,28 @@ class ContinualModule(L.LightningModule):
         return self.optim_cfg.build([p for p in self.parameters() if p.requires_grad])
 
     # ------------------------------------------------------------ task hooks
+    def training_tasks(self, scenario: Scenario) -> list[tuple[Task, Tensor]]:
+        """What the runner trains on, in order, with each training sample's task id: every task."""
+        return [(t, torch.full((t.n_train,), t.id)) for t in scenario.tasks]
+
+    def phases(self, task: Task) -> list[Phase]:
+        """The fits of one task, in order (one Trainer each)."""
+        return [Phase()]
+
+    def batches(self, phase: Phase, task_batches: Iterable[Any]) -> Iterable[Any]:
+        """The minibatches of ``phase`` (default: the task's training batches)."""
+        return task_batches
+
     def before_task(self, task: Task) -> None:
-        """Called before ``Trainer.fit`` on ``task``."""
+        """Before the first fit of ``task``."""
         self.current_task = task.id
 
+    def before_phase(self, phase: Phase, task: Task) -> None:
+        """Before the fit of ``phase``."""
+        self.phase = phase
+
     def after_task(self, task: Task) -> None:
-        """Called after ``Trainer.fit`` on ``task``: consolidate what the strategy keeps."""
+        """After the last fit of ``task``: consolidate what the strategy keeps."""
 
     def state_bytes(self) -> int:
         """Memory the strategy keeps besides the network (its own buffers)."""

@@ -152,11 +152,6 @@ def check_id(row: dict[str, Any]) -> str:
     return str(row.get("id", row.get("name", "check")))
 
 
-def is_joint(r: RunResult) -> bool:
-    """A finished joint run: one evaluation row (its final model) over several tasks."""
-    return r.status == "ok" and len(r.acc) == 1 and len(r.acc[0]) > 1
-
-
 def _mean_std(mats: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(mats, dtype=float)
     return a.mean(0), a.std(0, ddof=1) if len(a) > 1 else np.zeros_like(a[0])
@@ -275,7 +270,7 @@ def _setting_section(
                 undefined[(k, why)].append(r.label)
     md += [f"- {'every metric but acc' if k == '*' else f'`{k}`'} undefined for {', '.join(lbs)}: {why}"
            for (k, why), lbs in undefined.items()] + ([""] if undefined else [])
-    groups = {lb: [r.acc for r in ok if r.label == lb and not is_joint(r)] for lb in labels}
+    groups = {lb: [r.acc for r in ok if r.label == lb and not r.joint] for lb in labels}
     stats = {lb: _mean_std(accs) for lb, accs in groups.items() if accs}
     if stats:
         heat, curves = f"acc_matrix_{setting}.png", f"forgetting_{setting}.png"

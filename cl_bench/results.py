@@ -34,6 +34,7 @@ class RunResult:
     config_hash: str
     status: str = "ok"  # ok | failed
     error: str | None = None
+    joint: bool = False  # trained once on the union of the tasks: a single (final) row
     acc: list[list[float]] = field(default_factory=list)
     loss: list[list[float]] = field(default_factory=list)
     train_loss: list[list[float]] = field(default_factory=list)

@@ -12,11 +12,12 @@ import os
 import resource
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -25,13 +26,13 @@ from torch import Tensor
 
 from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
-from cl_bench.data import Scenario, Task, TaskBatches, build_scenario, concat_tasks, iterate_eval
+from cl_bench.data import Scenario, Task, TaskBatches, build_scenario, iterate_eval
 from cl_bench.data.batching import Augment
 from cl_bench.geometry import ChecksConfig, GeometryTracker
 from cl_bench.loggers import LoggerConfig, RunLogger, logger_config
 from cl_bench.metrics import compute_metrics
 from cl_bench.models import build_model
-from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig
+from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig, Phase
 from cl_bench.registry import get_strategy
 from cl_bench.results import RunResult, device_info, library_versions, load_result, save_result
 
@@ -119,7 +120,8 @@ class Evaluator:
 
 # ------------------------------------------------------------------- training
 def make_trainer(
-    cfg: TrainerConfig, loggers: list | None = None, callbacks: list | None = None, log_every_n_steps: int = 10
+    cfg: TrainerConfig, loggers: list | None = None, callbacks: list | None = None, log_every_n_steps: int = 10,
+    epochs: int | None = None,
 ) -> L.Trainer:
     """A Trainer with no per-step overhead beyond the optimisation itself
     (Lightning's ``barebones`` mode unless loggers are attached)."""
@@ -128,7 +130,7 @@ def make_trainer(
         "enable_progress_bar": False, "enable_model_summary": False,
     }
     return L.Trainer(
-        max_epochs=cfg.epochs,
+        max_epochs=cfg.epochs if epochs is None else epochs,
         max_steps=cfg.max_steps,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -141,14 +143,6 @@ def make_trainer(
         limit_val_batches=0,
         **quiet,
     )
-
-
-def joint_task(scenario: Scenario) -> tuple[Task, Tensor]:
-    """Every task's training data as one task (for the joint upper bound)."""
-    x, y, ids = concat_tasks(scenario.tasks)
-    classes = sorted({c for t in scenario.tasks for c in t.classes})
-    last = scenario.tasks[-1]
-    return Task(last.id, classes, x, y, last.x_test, last.y_test), ids
 
 
 def build_module(spec: RunSpec, scenario: Scenario) -> ContinualModule:
@@ -166,19 +160,27 @@ def _peak_memory(device: str) -> dict[str, int]:
     return out
 
 
-def run_one(
-    spec: RunSpec,
-    scenario: Scenario,
-    run_logger: RunLogger | None = None,
-    on_task_end: TaskCallback | None = None,
-    checkpoint: Path | None = None,
-) -> RunResult:
-    """Train one strategy through the scenario and evaluate after every task.
+@dataclass
+class RunState:
+    """Everything one run carries from task to task."""
 
-    With ``checkpoint``, the state after every task is saved there, and a run
-    that finds a checkpoint of the same configuration continues after its
-    last finished task (the same result as an uninterrupted run).
-    """
+    spec: RunSpec
+    scenario: Scenario
+    module: ContinualModule
+    device: str
+    trainer_cfg: TrainerConfig
+    schedule: list[tuple[Task, Tensor]]
+    evaluator: Evaluator
+    tracker: GeometryTracker | None
+    result: RunResult
+    start: float
+    run_logger: RunLogger | None = None
+    checkpoint: Path | None = None
+
+
+def start_or_resume(spec: RunSpec, scenario: Scenario, run_logger: RunLogger | None,
+                    checkpoint: Path | None) -> RunState:
+    """Seed, build the module, the evaluator and the tracker; load the checkpoint of an interrupted run."""
     quiet_lightning()
     trainer_cfg = TrainerConfig(**spec.trainer)
     device = resolve_device(trainer_cfg.accelerator)
@@ -190,11 +192,10 @@ def run_one(
     L.seed_everything(spec.seed, verbose=False)
     module = build_module(spec, scenario).to(device)
     evaluator = Evaluator(scenario, device, trainer_cfg.eval_batch_size, trainer_cfg.train_loss_probe)
-    phases = [joint_task(scenario)] if module.joint else [(t, torch.full((t.n_train,), t.id)) for t in scenario.tasks]
+    schedule = module.training_tasks(scenario)
+    joint = len(schedule) != scenario.n_tasks
     checks = to_dataclass(ChecksConfig, spec.checks, "checks")
-    tracker = GeometryTracker(checks, scenario, device) if checks.enabled and not module.joint else None
-    loggers = run_logger.lightning_loggers() if run_logger is not None else None
-    log_every = run_logger.cfg.log_every_n_steps if run_logger is not None else 10
+    tracker = GeometryTracker(checks, scenario, device) if checks.enabled and not joint else None
     start = time.perf_counter()
     saved = load_checkpoint(checkpoint, spec.config_hash()) if checkpoint else None
     if saved is not None:
@@ -209,66 +210,127 @@ def run_one(
         result = RunResult(
             run_id=spec.run_id, label=spec.label, strategy=spec.strategy_class, family=module.family,
             setting=spec.setting, seed=spec.seed, scenario=scenario.name, config=asdict(spec),
-            config_hash=spec.config_hash(), acc_init=init.acc, loss_init=init.loss, train_loss_init=init.train_loss,
+            config_hash=spec.config_hash(), joint=joint, acc_init=init.acc, loss_init=init.loss,
+            train_loss_init=init.train_loss,
             task_sizes={"train": [t.n_train for t in scenario.tasks], "test": [t.n_test for t in scenario.tasks]},
             versions=library_versions(), device=device_info(device),
             timings={"fit": [], "after_task": [], "eval": [], "checks": []},
         )
-    timings = result.timings
-    try:
-        for task, task_ids in phases[len(result.acc):]:
-            module.before_task(task)
-            batches = TaskBatches(
-                task.x_train, task.y_train, task_ids, trainer_cfg.batch_size, device=device,
-                seed=spec.seed * 1_000_003 + task.id, mean=scenario.mean, std=scenario.std, augment=augment_of(spec),
-            )
-            t0 = time.perf_counter()
-            callbacks = [tracker.callback()] if tracker is not None else None
-            trainer = make_trainer(trainer_cfg, loggers, callbacks, log_every)
-            trainer.fit(module, train_dataloaders=batches)
-            t1 = time.perf_counter()
-            module.after_task(task)
-            t2 = time.perf_counter()
-            row = evaluator(module)
-            timings["fit"].append(t1 - t0)
-            timings["after_task"].append(t2 - t1)
-            t3 = time.perf_counter()
-            timings["eval"].append(t3 - t2)
-            if tracker is not None:  # checks of every past task at theta_t, then task t's own snapshot
-                tracker.check(module, task.id)
-                tracker.snapshot(module, task)
-                timings["checks"].append(time.perf_counter() - t3)
-            result.acc.append(row.acc)
-            result.loss.append(row.loss)
-            result.train_loss.append(row.train_loss)
-            result.strategy_memory_bytes.append(module.state_bytes())
-            if run_logger is not None:
-                run_logger.log_task_end(task.id, row.acc, row.loss, steps=trainer.global_step)
-            if checkpoint is not None and len(result.acc) < len(phases):
-                timings["elapsed"] = time.perf_counter() - start
-                save_checkpoint(
-                    checkpoint,
-                    {"config_hash": spec.config_hash(), "module": module.state_dict(), "result": result.to_dict(),
-                     "rng": rng_state(), "tracker": tracker.state_dict() if tracker is not None else None,
-                     "logger": run_logger.state() if run_logger is not None else None},
-                )
-            if on_task_end is not None:
-                on_task_end(spec, task.id, module)
-    except NonFiniteLossError as err:
-        result.status, result.error = "failed", str(err)
-    timings.pop("elapsed", None)
-    timings["total"] = time.perf_counter() - start
-    if tracker is not None:
-        result.checks = tracker.summary()
-    result.peak_memory = _peak_memory(device)
+    return RunState(spec, scenario, module, device, trainer_cfg, schedule, evaluator, tracker, result, start,
+                    run_logger, checkpoint)
+
+
+def train_task(run: RunState, task: Task, task_ids: Tensor) -> int:
+    """``before_task``, one fit per phase of the task (:func:`fit_phases`), ``after_task``;
+    returns the optimiser steps taken."""
+    spec, module, cfg = run.spec, run.module, run.trainer_cfg
+    batches = TaskBatches(
+        task.x_train, task.y_train, task_ids, cfg.batch_size, device=run.device,
+        seed=spec.seed * 1_000_003 + task.id, mean=run.scenario.mean, std=run.scenario.std, augment=augment_of(spec),
+    )
+    loggers = run.run_logger.lightning_loggers() if run.run_logger is not None else None
+    log_every = run.run_logger.cfg.log_every_n_steps if run.run_logger is not None else 10
+
+    def new_trainer(phase: Phase) -> L.Trainer:
+        callbacks = [run.tracker.callback()] if run.tracker is not None else None
+        return make_trainer(cfg, loggers, callbacks, log_every, epochs=phase.epochs)
+
+    t0 = time.perf_counter()
+    module.before_task(task)
+    steps = fit_phases(module, task, batches, new_trainer)
+    t1 = time.perf_counter()
+    module.after_task(task)
+    run.result.timings["fit"].append(t1 - t0)
+    run.result.timings["after_task"].append(time.perf_counter() - t1)
+    return steps
+
+
+def fit_phases(module: ContinualModule, task: Task, batches: Iterable[Any],
+               new_trainer: Callable[[Phase], L.Trainer]) -> int:
+    """Every phase of ``task``: ``before_phase``, then one fit of a new Trainer; returns the optimiser steps."""
+    steps = 0
+    for phase in module.phases(task):
+        module.before_phase(phase, task)
+        trainer = new_trainer(phase)
+        trainer.fit(module, train_dataloaders=module.batches(phase, batches))
+        steps += trainer.global_step
+    return steps
+
+
+def record_row(run: RunState, task: Task, steps: int) -> None:
+    """Evaluate every task (row t of the matrices), then the checks of past tasks and task t's snapshot."""
+    result, module = run.result, run.module
+    t0 = time.perf_counter()
+    row = run.evaluator(module)
+    t1 = time.perf_counter()
+    result.timings["eval"].append(t1 - t0)
+    if run.tracker is not None:  # checks of every past task at theta_t, then task t's own snapshot
+        run.tracker.check(module, task.id)
+        run.tracker.snapshot(module, task)
+        result.timings["checks"].append(time.perf_counter() - t1)
+    result.acc.append(row.acc)
+    result.loss.append(row.loss)
+    result.train_loss.append(row.train_loss)
+    result.strategy_memory_bytes.append(module.state_bytes())
+    if run.run_logger is not None:
+        run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps)
+
+
+def save_progress(run: RunState) -> None:
+    """Checkpoint after a task (not after the last one: the result file replaces it)."""
+    if run.checkpoint is None or len(run.result.acc) >= len(run.schedule):
+        return
+    run.result.timings["elapsed"] = time.perf_counter() - run.start
+    save_checkpoint(
+        run.checkpoint,
+        {"config_hash": run.spec.config_hash(), "module": run.module.state_dict(), "result": run.result.to_dict(),
+         "rng": rng_state(), "tracker": run.tracker.state_dict() if run.tracker is not None else None,
+         "logger": run.run_logger.state() if run.run_logger is not None else None},
+    )
+
+
+def finish(run: RunState) -> RunResult:
+    """Timings, the checks' summary, peak memory and the metric variants."""
+    result = run.result
+    result.timings.pop("elapsed", None)
+    result.timings["total"] = time.perf_counter() - run.start
+    if run.tracker is not None:
+        result.checks = run.tracker.summary()
+    result.peak_memory = _peak_memory(run.device)
     if result.status == "ok":
         fill_metrics(result)
     return result
 
 
+def run_one(
+    spec: RunSpec,
+    scenario: Scenario,
+    run_logger: RunLogger | None = None,
+    on_task_end: TaskCallback | None = None,
+    checkpoint: Path | None = None,
+) -> RunResult:
+    """Train one strategy through the scenario and evaluate after every task.
+
+    With ``checkpoint``, the state after every task is saved there, and a run
+    that finds a checkpoint of the same configuration continues after its
+    last finished task (the same result as an uninterrupted run).
+    """
+    run = start_or_resume(spec, scenario, run_logger, checkpoint)
+    try:
+        for task, task_ids in run.schedule[len(run.result.acc):]:
+            steps = train_task(run, task, task_ids)
+            record_row(run, task, steps)
+            save_progress(run)
+            if on_task_end is not None:
+                on_task_end(spec, task.id, run.module)
+    except NonFiniteLossError as err:
+        run.result.status, run.result.error = "failed", str(err)
+    return finish(run)
+
+
 def fill_metrics(result: RunResult, joint_acc: list[float] | None = None) -> None:
     """Metric variants from the stored matrices (a joint run has only its final row)."""
-    if len(result.acc) == 1 and len(result.acc[0]) > 1:  # joint: final-row metrics only
+    if result.joint:  # final-row metrics only
         report = compute_metrics([result.acc[0]] * len(result.acc[0]), None, result.task_sizes["test"], result.setting)
         keep = ("acc", "acc_sample_weighted")
         result.metrics = {k: report.values[k] for k in keep}
@@ -392,7 +454,7 @@ def execute(
 
 def add_intransigence(results: list[RunResult]) -> None:
     """Intransigence needs the joint model of the same setting and seed (Chaudhry et al. 2018)."""
-    joint = {(r.setting, r.seed): r.acc[0] for r in results if r.status == "ok" and r.strategy == "joint"}
+    joint = {(r.setting, r.seed): r.acc[0] for r in results if r.status == "ok" and r.joint}
     for r in results:
-        if r.status == "ok" and r.strategy != "joint" and (r.setting, r.seed) in joint:
+        if r.status == "ok" and not r.joint and (r.setting, r.seed) in joint:
             fill_metrics(r, joint_acc=joint[(r.setting, r.seed)])

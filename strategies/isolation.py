@@ -11,14 +11,14 @@ approximation of) that null space:
 - projections (OGD, GPM, orthogonal SGD): every update is projected onto the
   orthogonal complement of a stored orthonormal basis of what past tasks depend on.
 
-Both mechanisms live in Lightning's hooks, so they hold for any optimiser:
+Both mechanisms are the module's gradient and update transforms
+(``transform_gradients`` / ``transform_update``, see ``cl_bench.module``), so
+they hold for any optimiser:
 
-- :class:`MaskedUpdates`: the gradient of frozen coordinates is zeroed in
-  ``on_after_backward``, and their values are written back after
-  ``optimizer.step`` (weight decay, momentum and Adam move a coordinate whose
-  gradient is zero).
-- :class:`ProjectedUpdates`: g <- (I - P) g in ``on_before_optimizer_step`` (the
-  methods' rule; with SGD, momentum or not, the update stays in the span of the
+- :class:`MaskedUpdates`: the gradient of frozen coordinates is zeroed, and
+  their values are written back after the optimiser step (weight decay,
+  momentum and Adam move a coordinate whose gradient is zero).
+- :class:`ProjectedUpdates`: g <- (I - P) g before the step (the methods' rule; with SGD, momentum or not, the update stays in the span of the
   projected gradients); with ``project: update`` the parameter change of the
   step is projected as well, d <- (I - P) d, which removes what a gradient
   projection cannot see: weight decay (a term in theta) and Adam's
@@ -36,16 +36,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from cl_bench.data import Scenario, Task, iterate_eval
-from cl_bench.geometry import flat_params, lanczos, make_operator, module_objective
-from cl_bench.geometry.tracker import eval_mode
+from cl_bench.geometry import lanczos, make_operator, module_objective
+from cl_bench.layout import flat_params, flatten, layout_mask, unflatten
 from cl_bench.models import MLP, MultiHead
-from cl_bench.module import ContinualModule, OptimizerConfig
+from cl_bench.module import ContinualModule, OptimizerConfig, Phase, eval_mode
 from cl_bench.registry import register
 
 PROJECT_MODES = ("gradient", "update")
@@ -57,14 +56,6 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 # ===================================================================== linear algebra
-def flatten(tensors: list[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def unflatten(vec: Tensor, like: list[Tensor]) -> list[Tensor]:
-    return [c.view_as(t) for c, t in zip(vec.split([t.numel() for t in like]), like)]
-
-
 def project_out(basis: Tensor, v: Tensor) -> Tensor:
     """(I - V V^T) v for orthonormal columns V [P, K] and v [P] or [P, m]."""
     return v - basis @ (basis.T @ v)
@@ -138,17 +129,17 @@ class MaskedUpdates(ContinualModule):
         named = dict(self.backbone.named_parameters())
         self._masks = [(named[n], m) for n, m in self.update_masks().items()]
 
-    def on_after_backward(self) -> None:
+    def transform_gradients(self) -> None:
         for p, m in self._masks:
             if p.grad is not None:
                 p.grad.masked_fill_(~m, 0.0)
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        before = [p.detach().clone() for p, _ in self._masks]
-        optimizer.step(closure=optimizer_closure)
-        with torch.no_grad():
-            for (p, m), old in zip(self._masks, before):
-                p.copy_(torch.where(m, p, old))
+    def guarded_parameters(self) -> list[nn.Parameter]:
+        return [p for p, _ in self._masks]
+
+    def transform_update(self, params: list[nn.Parameter], before: list[Tensor]) -> None:
+        for (p, m), old in zip(self._masks, before):
+            p.copy_(torch.where(m, p, old))
 
 
 # ======================================================================= PackNet
@@ -181,9 +172,9 @@ class PackNet(MaskedUpdates):
     kept it, or FREE. Task t trains only FREE coordinates; afterwards, in every
     layer it trained, it keeps the n_keep = n_free - floor(r_t n_free) free
     weights of largest |w|, sets the other free weights to 0 (they stay FREE for
-    later tasks), retrains the kept ones for ``retrain_epochs`` (a second
-    Lightning fit on the same batches, so the same gradient hooks guard it), and
-    owns them from then on.
+    later tasks), retrains the kept ones for ``retrain_epochs`` (phase
+    "retrain": a second fit of the runner's Trainer on the task's batches, so the
+    same transforms guard it), and owns them from then on.
 
     - Biases and BatchNorm gain/shift (1-d parameters) are not pruned: the first
       task that trains them owns them (the paper fixes them after the first task);
@@ -210,9 +201,7 @@ class PackNet(MaskedUpdates):
         for name, p in backbone.named_parameters():
             self.register_buffer(self._owner_key[name], torch.full(p.shape, FREE, dtype=torch.int8))
         self.register_buffer("n_learned", torch.zeros((), dtype=torch.long))
-        self._retraining = False
         self._touched: set[str] = set()
-        self._batches: Any = None
 
     def owner(self, name: str) -> Tensor:
         return getattr(self, self._owner_key[name])
@@ -256,19 +245,23 @@ class PackNet(MaskedUpdates):
         super().before_task(task)
         self._touched = set()
 
+    def phases(self, task: Task) -> list[Phase]:
+        retrain = [Phase("retrain", self.params.retrain_epochs)] if self.params.retrain_epochs > 0 else []
+        return [Phase(), *retrain]
+
+    def before_phase(self, phase: Phase, task: Task) -> None:
+        super().before_phase(phase, task)
+        if phase.name == "retrain":
+            self.prune(task.id)
+
     def update_masks(self) -> dict[str, Tensor]:
         """Training: the free coordinates; retraining: the ones task t kept."""
-        who = self.current_task if self._retraining else FREE
+        who = self.current_task if self.phase.name == "retrain" else FREE
         return {n: self.owner(n) == who for n, _ in self.backbone.named_parameters()}
 
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        if not self._retraining:
-            self._batches = self.trainer.train_dataloader
-
-    def on_after_backward(self) -> None:
+    def transform_gradients(self) -> None:
         self._touched.update(n for n, p in self.backbone.named_parameters() if p.grad is not None)
-        super().on_after_backward()
+        super().transform_gradients()
 
     @torch.no_grad()
     def prune(self, t: int) -> None:
@@ -292,19 +285,16 @@ class PackNet(MaskedUpdates):
             p[free & ~keep] = 0.0
 
     def after_task(self, task: Task) -> None:
-        self.prune(task.id)
-        if self.params.retrain_epochs > 0 and self._batches is not None:
-            self._retraining = True
-            try:
-                L.Trainer(
-                    max_epochs=self.params.retrain_epochs, accelerator="gpu" if self.device.type == "cuda" else "cpu",
-                    devices=1, precision=self.trainer.precision, barebones=True, num_sanity_val_steps=0,
-                    limit_val_batches=0,
-                ).fit(self, train_dataloaders=self._batches)
-            finally:
-                self._retraining = False
-        self._batches = None
+        if self.params.retrain_epochs == 0:
+            self.prune(task.id)
         self.n_learned.fill_(task.id + 1)
+
+    def isolated_mask(self, task_id: int) -> Tensor | None:
+        """Task-IL: task j reads theta * 1[0 <= owner <= j], and its kept weights are frozen from then on."""
+        if self.setting != "task_il":
+            return None
+        owners = dict(self.backbone.named_parameters())
+        return layout_mask(self, {f"backbone.{n}": (self.owner(n) >= 0) & (self.owner(n) <= task_id) for n in owners})
 
 
 # =========================================================================== HAT
@@ -398,7 +388,7 @@ class HAT(MaskedUpdates):
         return head(h, task_ids) if isinstance(head, MultiHead) else head(h)
 
     # ------------------------------------------------------------------- training
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor | None:
         self._s = self.anneal(batch_idx + 1, int(self.trainer.num_training_batches))
         return super().training_step(batch, batch_idx)
 
@@ -428,19 +418,45 @@ class HAT(MaskedUpdates):
             pre = post
         return masks
 
-    def on_after_backward(self) -> None:
-        super().on_after_backward()  # the weight-gradient conditioning
+    def transform_gradients(self) -> None:
+        super().transform_gradients()  # the weight-gradient conditioning
         s, s_max = self._s, self.params.s_max
         for e in self.embeddings[self.current_task]:
             if e.grad is not None:  # q' = s_max [cosh(s e) + 1] / (s [cosh(e) + 1]) q
                 e.grad.mul_(s_max * (torch.cosh((s * e.detach()).clamp(-COSH_CLAMP, COSH_CLAMP)) + 1)
                             / (s * (torch.cosh(e.detach()) + 1)))
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        with torch.no_grad():
-            for e in self.embeddings[self.current_task]:
-                e.clamp_(-self.params.embedding_clamp, self.params.embedding_clamp)
+    def transform_update(self, params: list[nn.Parameter], before: list[Tensor]) -> None:
+        super().transform_update(params, before)
+        for e in self.embeddings[self.current_task]:
+            e.clamp_(-self.params.embedding_clamp, self.params.embedding_clamp)
+
+    @torch.no_grad()
+    def isolated_mask(self, task_id: int) -> Tensor | None:
+        """Task-IL: task o reads its embeddings, W_l[i, j] with a^o_{l,i} a^o_{l-1,j} = 1 (hard masks; the
+        input is always read), the biases of its open units and the head's rows of its classes."""
+        if self.setting != "task_il":
+            return None
+        names = {id(p): f"backbone.{n}" for n, p in self.backbone.named_parameters()}
+        masks: dict[str, Tensor] = {}
+        pre: Tensor | None = None
+        for l, (lin, _) in enumerate(self.layers):
+            post = self.embeddings[task_id][l] > 0
+            masks[names[id(lin.weight)]] = post[:, None] & (pre[None, :] if pre is not None else True)
+            if lin.bias is not None:
+                masks[names[id(lin.bias)]] = post
+            pre = post
+        head = self.backbone.head
+        if isinstance(head, MultiHead):
+            masks.update({names[id(p)]: torch.ones_like(p, dtype=torch.bool) for p in head.heads[task_id].parameters()})
+        else:
+            rows = self.class_mask[task_id]
+            masks[names[id(head.weight)]] = rows[:, None] & pre[None, :]
+            if head.bias is not None:
+                masks[names[id(head.bias)]] = rows
+        for l, e in enumerate(self.embeddings[task_id]):
+            masks[f"embeddings.{task_id}.{l}"] = torch.ones_like(e, dtype=torch.bool)
+        return layout_mask(self, masks)
 
     @torch.no_grad()
     def after_task(self, task: Task) -> None:
@@ -487,7 +503,7 @@ class ProjectedUpdates(ContinualModule):
             opt.state.clear()
 
     @torch.no_grad()
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
+    def transform_gradients(self) -> None:
         if not self.has_basis():
             return
         params = self.projected_parameters()
@@ -495,17 +511,13 @@ class ProjectedUpdates(ContinualModule):
         for p, g in zip(params, self.project(grads)):
             p.grad = g
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        if self.params.project != "update" or not self.has_basis():
-            optimizer.step(closure=optimizer_closure)
-            return
-        params = self.projected_parameters()
-        before = [p.detach().clone() for p in params]
-        optimizer.step(closure=optimizer_closure)
-        with torch.no_grad():
-            deltas = self.project([p - b for p, b in zip(params, before)])
-            for p, b, d in zip(params, before, deltas):
-                p.copy_(b + d)
+    def guarded_parameters(self) -> list[nn.Parameter]:
+        return self.projected_parameters() if self.params.project == "update" and self.has_basis() else []
+
+    def transform_update(self, params: list[nn.Parameter], before: list[Tensor]) -> None:
+        """d <- (I - P) d for the step's parameter change d."""
+        for p, b, d in zip(params, before, self.project([p - b for p, b in zip(params, before)])):
+            p.copy_(b + d)
 
 
 class FlatProjection(ProjectedUpdates):

@@ -31,6 +31,7 @@ from cl_bench.geometry.fisher import (
 )
 from cl_bench.geometry.kfac import KFAC_KINDS, LayerBlock, kfac_factors, kron_quadratic, layer_delta, linear_blocks
 from cl_bench.models import MultiHead
+from cl_bench.layout import ParamLayout, flatten, grad_vector
 from cl_bench.module import ContinualModule, OptimizerConfig
 from cl_bench.registry import register
 
@@ -88,7 +89,7 @@ class QuadraticPenalty(ContinualModule):
     ) -> None:
         super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
         self.data_mean, self.data_std = scenario.mean, scenario.std
-        self.n_params = sum(p.numel() for p in self.trainable())
+        self.n_params = ParamLayout.of(self).dim
         self.register_buffer("anchors", torch.zeros(0, self.n_params))
         for key, shape in self.curvature_shapes().items():
             self.register_buffer(f"curv_{key}", torch.zeros(0, *shape))
@@ -111,16 +112,9 @@ class QuadraticPenalty(ContinualModule):
         return 1.0
 
     # ----------------------------------------------------------------- the core
-    def trainable(self) -> list[nn.Parameter]:
-        return [p for p in self.backbone.parameters() if p.requires_grad]
-
     def flat_params(self) -> Tensor:
         """theta ``[P]`` (differentiable)."""
-        return torch.cat([p.reshape(-1) for p in self.trainable()])
-
-    def flat_grad(self) -> Tensor:
-        """The gradient ``[P]`` in the parameters' ``.grad`` (zero where a head took no part)."""
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.trainable()])
+        return flatten(self.network())
 
     def penalty(self) -> Tensor:
         if self.anchors.shape[0] == 0:
@@ -291,7 +285,7 @@ class SI(QuadraticPenalty):
         super().__init__(*args, **kwargs)
         self.register_buffer("omega", torch.zeros(self.n_params))
         self.register_buffer("task_start", torch.zeros(self.n_params))
-        self._step: tuple[Tensor, Tensor] | None = None
+        self._grad = torch.zeros(self.n_params)
 
     def before_task(self, task: Task) -> None:
         super().before_task(task)
@@ -312,18 +306,17 @@ class SI(QuadraticPenalty):
         return self.params.lam * (self.penalty_importance() * (self.flat_params().detach()[None] - self.anchors)).sum(0)
 
     @torch.no_grad()
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        g = self.flat_grad()
-        if self.params.omega_grad == "task":
-            g = g - self.penalty_grad()
-        self._step = (g, self.flat_params().detach().clone())
+    def transform_gradients(self) -> None:
+        """Keep g_t (the task loss's gradient when ``omega_grad: task``) for the path integral."""
+        g = grad_vector(self.network())
+        self._grad = g - self.penalty_grad() if self.params.omega_grad == "task" else g
 
-    @torch.no_grad()
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._step is not None:
-            g, before = self._step
-            self.omega -= g * (self.flat_params() - before)
-            self._step = None
+    def guarded_parameters(self) -> list[nn.Parameter]:
+        return self.network()
+
+    def transform_update(self, params: list[nn.Parameter], before: list[Tensor]) -> None:
+        """omega -= g_t * (theta_{t+1} - theta_t)."""
+        self.omega -= self._grad * (flatten(params) - flatten(before))
 
     @torch.no_grad()
     def importance(self, task: Task) -> dict[str, Tensor]:

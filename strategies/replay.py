@@ -4,15 +4,15 @@ ER, A-GEM, GEM, DER, DER++, iCaRL and GDumb keep a :class:`cl_bench.buffer.Buffe
 (a registered sub-module, so ``state_dict`` holds it and ``state_bytes`` reports
 it); LwF keeps the previous model instead, for comparison. The buffer stores
 the float, normalised batches the model trained on (see ``cl_bench.buffer``).
-Gradient surgery (A-GEM, GEM) acts on all trainable parameters as one flat
-vector in ``on_before_optimizer_step``.
+Gradient surgery (A-GEM, GEM) acts on the network's parameters as one flat
+vector (the layout of ``cl_bench.layout``) in ``transform_gradients``.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Optional
 
 import numpy as np
@@ -24,29 +24,13 @@ from torch import Tensor, nn
 from cl_bench.buffer import POLICIES, Buffer, herding, rank_within_groups
 from cl_bench.data.batching import to_float
 from cl_bench.data.task import Scenario, Task
+from cl_bench.layout import grad_of, grad_vector, write_grad
 from cl_bench.models import MultiHead, reinitialise
-from cl_bench.module import ContinualModule, OptimizerConfig
+from cl_bench.module import ContinualModule, OptimizerConfig, Phase, Step
 from cl_bench.registry import register
 
 
 # ------------------------------------------------------------------ gradient algebra
-def flat_grad(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
-    """d loss / d params as one vector (zeros for parameters the loss does not reach)."""
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
-
-
-def grad_vector(params: list[nn.Parameter]) -> Tensor:
-    """The current ``.grad`` of params as one vector (``None`` counts as zeros)."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-
-
-def write_grad(params: list[nn.Parameter], vec: Tensor) -> None:
-    """Set each parameter's ``.grad`` from its slice of ``vec``."""
-    for p, chunk in zip(params, vec.split([p.numel() for p in params])):
-        p.grad = chunk.view_as(p).clone()
-
-
 def agem_project(g: Tensor, g_ref: Tensor) -> Tensor:
     """A-GEM (Chaudhry et al. 2019, Eq. 11): g~ = g - (g.g_ref / g_ref.g_ref) g_ref if g.g_ref < 0, else g."""
     coef = torch.clamp(g @ g_ref, max=0.0) / (g_ref @ g_ref).clamp_min(torch.finfo(g.dtype).tiny)
@@ -177,12 +161,6 @@ class GlobalModule(ContinualModule):
 
     family: ClassVar[str] = "global"
 
-    def finish(self, loss: Tensor, batch_idx: int) -> Tensor:
-        """Check and log the step's loss, then hand it to Lightning."""
-        self.check_finite(loss, batch_idx)
-        self.log_step(loss)
-        return loss
-
 
 class ReplayModule(GlobalModule):
     """A ContinualModule with a :class:`Buffer` (policy from ``params.policy`` or ``buffer_policy``)."""
@@ -206,14 +184,6 @@ class ReplayModule(GlobalModule):
         stats = (self.input_mean, self.input_std) if self.input_mean.numel() else None
         return to_float(x.to(self.device), stats)
 
-    def trainable(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def raw_and_train_logits(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Unmasked logits (what DER stores) and the logits the task loss uses."""
-        raw = self(x, t)
-        return raw, (self.mask_logits(raw, t) if self.mask_train_logits else raw)
-
 
 class EpisodicMemory(ReplayModule):
     """GEM / A-GEM memory: after each task, ``buffer_size // n_tasks`` random examples of it
@@ -225,7 +195,6 @@ class EpisodicMemory(ReplayModule):
         if self.params.buffer_size < self.n_tasks:
             raise ValueError(f"strategies.{self.name}.buffer_size={self.params.buffer_size} is smaller than the "
                              f"{self.n_tasks} tasks: every task needs at least one memory slot")
-        self._ref: Tensor | None = None
 
     def after_task(self, task: Task) -> None:
         quota = self.params.buffer_size // self.n_tasks
@@ -245,15 +214,16 @@ class ER(ReplayModule):
 
     Params = ERParams
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y, t = batch
-        xx, yy, tt = x, y, t
+    def task_loss(self, step: Step) -> Tensor:
+        """CE over [x; x_b] with (x_b, y_b) a buffer draw: the replay enters the task term as one mean."""
+        x, y, t = step.x, step.y, step.t
         if not self.buffer.is_empty():
             b = self.buffer.sample(self.params.minibatch_size)
-            xx, yy, tt = torch.cat([x, b.x]), torch.cat([y, b.y]), torch.cat([t, b.t])
-        loss = F.cross_entropy(self.train_logits(xx, tt), yy)
-        self.buffer.add(x, y, t)
-        return self.finish(loss, batch_idx)
+            x, y, t = torch.cat([x, b.x]), torch.cat([y, b.y]), torch.cat([t, b.t])
+        return F.cross_entropy(self.train_logits(x, t), y)
+
+    def observe(self, step: Step) -> None:
+        self.buffer.add(step.x, step.y, step.t)
 
 
 @register("agem")
@@ -266,19 +236,14 @@ class AGEM(EpisodicMemory):
 
     Params = AGEMParams
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y, t = batch
-        loss = F.cross_entropy(self.train_logits(x, t), y)
-        if not self.buffer.is_empty():
-            b = self.buffer.sample(self.params.minibatch_size)
-            self._ref = flat_grad(F.cross_entropy(self.train_logits(b.x, b.t), b.y), self.trainable())
-        return self.finish(loss, batch_idx)
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._ref is not None:
-            params = self.trainable()
-            write_grad(params, agem_project(grad_vector(params), self._ref))
-            self._ref = None
+    def transform_gradients(self) -> None:
+        if self.buffer.is_empty():
+            return
+        params = self.network()
+        b = self.buffer.sample(self.params.minibatch_size)
+        with torch.enable_grad():
+            g_ref = grad_of(F.cross_entropy(self.train_logits(b.x, b.t), b.y), params)
+        write_grad(params, agem_project(grad_vector(params), g_ref))
 
 
 @register("gem")
@@ -292,25 +257,18 @@ class GEM(EpisodicMemory):
 
     Params = GEMParams
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y, t = batch
-        loss = F.cross_entropy(self.train_logits(x, t), y)
-        if not self.buffer.is_empty():
-            mem, params = self.buffer.data(), self.trainable()
-            rows = []
-            for k in range(self.current_task):  # one gradient per past task
-                sel = mem.t == k
-                rows.append(flat_grad(F.cross_entropy(self.train_logits(mem.x[sel], mem.t[sel]), mem.y[sel]), params))
-            self._ref = torch.stack(rows)
-        return self.finish(loss, batch_idx)
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._ref is not None:
-            params = self.trainable()
-            g = grad_vector(params)
-            if bool((self._ref @ g < 0).any()):
-                write_grad(params, gem_project(g, self._ref, self.params.gamma, self.params.eps))
-            self._ref = None
+    def transform_gradients(self) -> None:
+        if self.buffer.is_empty():
+            return
+        mem, params = self.buffer.data(), self.network()
+        with torch.enable_grad():
+            G = torch.stack([  # [K, P]: one gradient per past task
+                grad_of(F.cross_entropy(self.train_logits(mem.x[sel], mem.t[sel]), mem.y[sel]), params)
+                for sel in (mem.t == k for k in range(self.current_task))
+            ])
+        g = grad_vector(params)
+        if bool((G @ g < 0).any()):
+            write_grad(params, gem_project(g, G, self.params.gamma, self.params.eps))
 
 
 @register("der")
@@ -324,18 +282,15 @@ class DER(ReplayModule):
     Params = DERParams
     stores_logits = True
 
-    def replay_terms(self) -> Tensor:
+    def replay_loss(self, step: Step) -> Tensor | None:
+        if self.buffer.is_empty():
+            return None
         b = self.buffer.sample(self.params.minibatch_size)
         return self.params.alpha * F.mse_loss(self(b.x, b.t), b.logits)
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y, t = batch
-        raw, logits = self.raw_and_train_logits(x, t)
-        loss = F.cross_entropy(logits, y)
-        if not self.buffer.is_empty():
-            loss = loss + self.replay_terms()
-        self.buffer.add(x, y, t, logits=raw.detach())
-        return self.finish(loss, batch_idx)
+    def observe(self, step: Step) -> None:
+        assert step.logits is not None  # set by task_loss
+        self.buffer.add(step.x, step.y, step.t, logits=step.logits.detach())
 
 
 @register("derpp")
@@ -345,13 +300,17 @@ class DERPP(DER):
 
     Params = DERPPParams
 
-    def replay_terms(self) -> Tensor:
-        b = self.buffer.sample(self.params.minibatch_size)
-        return super().replay_terms() + self.params.beta * F.cross_entropy(self.train_logits(b.x, b.t), b.y)
+    def replay_loss(self, step: Step) -> Tensor | None:
+        if self.buffer.is_empty():
+            return None
+        b = self.buffer.sample(self.params.minibatch_size)  # (x'', y''), drawn before DER's (x', z')
+        return super().replay_loss(step) + self.params.beta * F.cross_entropy(self.train_logits(b.x, b.t), b.y)
 
 
 class Distilling(GlobalModule):
     """Keeps a frozen copy of the network from the end of the previous task (``old_backbone``)."""
+
+    frozen_copies: ClassVar[tuple[str, ...]] = ("old_backbone",)
 
     def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
                  optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
@@ -411,8 +370,9 @@ class ICaRL(ReplayModule, Distilling):
     def normalised_features(self, x: Tensor) -> Tensor:
         return F.normalize(self.backbone.features(x), dim=1)
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y, t = batch
+    def task_loss(self, step: Step) -> Tensor:
+        """Alg. 3: BCE over the seen classes on [x; exemplars], distillation targets on the old ones."""
+        x, y, t = step.x, step.y, step.t
         if not self.buffer.is_empty():
             b = self.buffer.sample(self.params.minibatch_size)
             x, y, t = torch.cat([x, b.x]), torch.cat([y, b.y]), torch.cat([t, b.t])
@@ -421,8 +381,7 @@ class ICaRL(ReplayModule, Distilling):
         target = F.one_hot(y, self.class_mask.shape[1]).to(torch.float32)
         if bool(self.has_old):
             target = torch.where(old, torch.sigmoid(self.previous(lambda net: net(x, t))), target)
-        loss = F.binary_cross_entropy_with_logits(self(x, t)[:, seen], target[:, seen])
-        return self.finish(loss, batch_idx)
+        return F.binary_cross_entropy_with_logits(self(x, t)[:, seen], target[:, seen])
 
     @torch.no_grad()
     def after_task(self, task: Task) -> None:
@@ -473,30 +432,47 @@ class GDumb(ReplayModule):
     Params = GDumbParams
     buffer_policy = "class_balanced"
 
-    def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
-                 optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
-        super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
-        self.automatic_optimization = False  # the stream only fills the memory
+    @property
+    def automatic_optimization(self) -> bool:
+        """The stream phase only fills the memory: no optimiser step."""
+        return self.phase.name != "stream"
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
-        x, y, t = batch
-        self.buffer.add(x, y, t)
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        """Lightning's default; the phase decides."""
 
-    def after_task(self, task: Task) -> None:
-        reinitialise(self.backbone)
-        optimizer = self.optim_cfg.build(self.trainable())
-        mem, bs = self.buffer.data(), self.params.minibatch_size
-        was_training = self.training
-        self.train()
-        for _ in range(self.params.fit_epochs):
-            order = torch.randperm(self.buffer.size, device=self.device)
-            for idx in order.split(bs):  # minibatches of the memory
-                loss = F.cross_entropy(self.train_logits(mem.x[idx], mem.t[idx]), mem.y[idx])
-                self.check_finite(loss, 0)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        self.train(was_training)
+    def phases(self, task: Task) -> list[Phase]:
+        return [Phase("stream"), Phase("memory", epochs=self.params.fit_epochs)]
+
+    def batches(self, phase: Phase, task_batches: Iterable[Any]) -> Iterable[Any]:
+        return task_batches if phase.name == "stream" else MemoryBatches(self.buffer, self.params.minibatch_size)
+
+    def before_phase(self, phase: Phase, task: Task) -> None:
+        super().before_phase(phase, task)
+        if phase.name == "memory":  # training from scratch: fresh weights under model.init
+            reinitialise(self.backbone)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        if self.phase.name == "stream":
+            self.buffer.add(*batch)
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+class MemoryBatches:
+    """Every epoch: the whole memory in a fresh random order, in minibatches of ``batch_size``."""
+
+    def __init__(self, buffer: Buffer, batch_size: int) -> None:
+        self.buffer, self.batch_size = buffer, batch_size
+
+    def __len__(self) -> int:
+        return -(-self.buffer.size // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        mem = self.buffer.data()
+        order = torch.randperm(self.buffer.size, device=mem.x.device)
+        for idx in order.split(self.batch_size):
+            yield mem.x[idx], mem.y[idx], mem.t[idx]
 
 
 @register("lwf")
@@ -512,14 +488,17 @@ class LwF(Distilling):
 
     Params = LwFParams
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y, t = batch
-        z = self.backbone.features(x)
-        raw = self.backbone.head(z, t) if isinstance(self.backbone.head, MultiHead) else self.backbone.head(z)
-        loss = F.cross_entropy(self.mask_logits(raw, t) if self.mask_train_logits else raw, y)
-        if bool(self.has_old):
-            loss = loss + self.alpha() * self.distill(x, z, raw)
-        return self.finish(loss, batch_idx)
+    def task_loss(self, step: Step) -> Tensor:
+        step.features = z = self.backbone.features(step.x)
+        head = self.backbone.head
+        step.logits = head(z, step.t) if isinstance(head, MultiHead) else head(z)
+        return F.cross_entropy(self.as_trained(step.logits, step.t), step.y)
+
+    def replay_loss(self, step: Step) -> Tensor | None:
+        if not bool(self.has_old):
+            return None
+        assert step.features is not None and step.logits is not None  # set by task_loss
+        return self.alpha() * self.distill(step.x, step.features, step.logits)
 
     def alpha(self) -> float:
         """The distillation weight of the current task."""

@@ -76,7 +76,7 @@ def flat(d: dict) -> Tensor:
 @torch.no_grad()
 def jump(module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
-    for p in module.trainable():
+    for p in module.network():
         p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from cl_bench.data import Scenario, Task, TaskBatches, iterate_eval
 from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, OptimizerConfig
-from cl_bench.runner import quiet_lightning
+from cl_bench.runner import fit_phases, quiet_lightning
 from strategies.isolation import (
     GPM, OGD, GPMParams, OGDParams, OrthogonalSGD, OrthogonalSGDParams, gpm_extend, orthonormal_union, project_out,
 )
@@ -62,10 +62,10 @@ def task_batches(module: ContinualModule, task: Task, batch_size: int = 16) -> T
 
 
 def fit_task(module: ContinualModule, task: Task, epochs: int = 2, callbacks: list | None = None) -> None:
-    """before_task -> a real Lightning fit on the task's batches -> after_task."""
+    """before_task -> a real Lightning fit per phase of the task (the runner's fit_phases) -> after_task."""
     module.before_task(task)
     module.train()  # Lightning keeps the mode it finds (an evaluation may have left eval mode on)
-    lightning_trainer(epochs, callbacks).fit(module, train_dataloaders=task_batches(module, task))
+    fit_phases(module, task, task_batches(module, task), lambda phase: lightning_trainer(phase.epochs or epochs, callbacks))
     module.after_task(task)
 
 

@@ -170,7 +170,7 @@ def test_hat_conditioning_compensation_and_regulariser_match_the_formulas() -> N
     raw = torch.autograd.grad(loss, [*params.values(), *emb], retain_graph=True)
     loss.backward()
     module.on_train_start()  # builds the masks of this task
-    module.on_after_backward()
+    module.transform_gradients()
     g = dict(zip([*params, "e0", "e1"], raw))
     post0, post1 = module.cum_0, module.cum_1
     past_classes = torch.zeros(6, dtype=torch.float64)

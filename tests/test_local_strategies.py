@@ -14,6 +14,7 @@ from torch import Tensor
 from cl_bench.config import ConfigError, build_plan, load_config
 from cl_bench.data import Scenario, Task, TaskBatches
 from cl_bench.data.batching import _norm_stats, to_float
+from cl_bench.layout import grad_vector
 from cl_bench.models import build_model
 from cl_bench.module import OptimizerConfig
 from cl_bench.runner import execute, prepare
@@ -52,7 +53,7 @@ def inputs(module, task: Task) -> Tensor:
 
 
 def flat_grad_of(scalar: Tensor, module) -> Tensor:
-    ps = module.trainable()
+    ps = module.network()
     gs = torch.autograd.grad(scalar, ps, allow_unused=True, retain_graph=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, ps)])
 
@@ -71,7 +72,7 @@ def brute_exact_fisher(module, task: Task) -> Tensor:
 @torch.no_grad()
 def jump(module, scale: float = 0.3, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
-    for p in module.trainable():
+    for p in module.network():
         p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
@@ -170,7 +171,7 @@ def test_quadratic_exact_hessian_is_the_second_order_taylor_model() -> None:
     module.before_task(task)
     x, t = inputs(module, task), torch.full((task.n_train,), task.id)
     theta0 = module.flat_params().detach().clone()
-    ps = module.trainable()
+    ps = module.network()
 
     def loss(theta: Tensor) -> Tensor:
         chunks, i = [], 0
@@ -239,7 +240,7 @@ class PathRecorder(L.Callback):
         x, y, t = self.batch
         with torch.enable_grad():
             self.g_task = flat_grad_of(F.cross_entropy(module.train_logits(x, t), y), module)
-        self.g_total = module.flat_grad().clone()
+        self.g_total = grad_vector(module.network()).clone()
         self.penalised_steps += int(not torch.allclose(self.g_task, self.g_total))
         self.before = module.flat_params().detach().clone()
 

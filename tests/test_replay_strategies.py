@@ -14,9 +14,11 @@ from scipy.optimize import minimize
 
 from cl_bench.config import ConfigError, build_plan, load_config
 from cl_bench.data import iterate_eval
+from cl_bench.layout import grad_of as flat_grad, grad_vector
+from cl_bench.module import Step
 from cl_bench.runner import build_module, load_scenario, run_one
 from strategies.replay import (
-    DER, GEM, agem_project, distillation, flat_grad, gem_project, grad_vector,
+    DER, GEM, agem_project, distillation, gem_project,
 )
 
 STRATEGIES = ["er", "agem", "gem", "der", "derpp", "icarl", "gdumb", "lwf"]
@@ -111,10 +113,10 @@ def test_surgery_hook_leaves_a_gradient_that_respects_the_memory(strategy):
     loss.backward()
     module.on_before_optimizer_step(None)
     mem = module.buffer.data()  # all of task 0's memory (the A-GEM draw is the whole memory here)
-    ref = flat_grad(F.cross_entropy(module(mem.x, mem.t), mem.y), module.trainable())
-    g_plain = flat_grad(F.cross_entropy(module(x, torch.full_like(y, 1)), y), module.trainable())
+    ref = flat_grad(F.cross_entropy(module(mem.x, mem.t), mem.y), module.network())
+    g_plain = flat_grad(F.cross_entropy(module(x, torch.full_like(y, 1)), y), module.network())
     assert float(g_plain @ ref) < 0  # the case where surgery matters
-    assert float(grad_vector(module.trainable()) @ ref) >= -1e-6 * float(ref.norm() * g_plain.norm())
+    assert float(grad_vector(module.network()) @ ref) >= -1e-6 * float(ref.norm() * g_plain.norm())
 
 
 # ----------------------------------------------------------------------- DER
@@ -126,7 +128,7 @@ def test_der_stores_the_logits_it_saw_and_replays_them():
     task = scenario.tasks[0]
     module.before_task(task)
     seen_x, seen_logits = [], []
-    opt = torch.optim.SGD(module.trainable(), lr=0.1)
+    opt = torch.optim.SGD(module.network(), lr=0.1)
     for step, sl in enumerate(torch.arange(task.n_train).split(16)):
         x, y = module.to_input(task.x_train[sl]), task.y_train[sl]
         t = torch.zeros_like(y)
@@ -141,7 +143,7 @@ def test_der_stores_the_logits_it_saw_and_replays_them():
     assert torch.equal(module.buffer.x[:n], torch.cat(seen_x))
     assert torch.allclose(module.buffer.logits[:n], torch.cat(seen_logits), atol=1e-6)
     torch.manual_seed(7)
-    term = module.replay_terms()
+    term = module.replay_loss(Step(x, y, t))
     torch.manual_seed(7)
     b = module.buffer.sample(module.params.minibatch_size)
     assert torch.allclose(term, 0.7 * ((module(b.x, b.t) - b.logits) ** 2).mean())
@@ -149,7 +151,7 @@ def test_der_stores_the_logits_it_saw_and_replays_them():
     fresh = build_module(spec, scenario)
     x, y = module.to_input(task.x_train[:16]), task.y_train[:16]
     fresh.training_step((x, y, torch.zeros_like(y)), 0)  # stores its own logits, no update
-    assert float(fresh.replay_terms().detach()) == 0.0
+    assert float(fresh.replay_loss(Step(x, y, torch.zeros_like(y))).detach()) == 0.0
 
 
 # --------------------------------------------------------------------- iCaRL

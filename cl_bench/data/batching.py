@@ -11,18 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cl_bench.seeds import generator
+
 from .task import Task
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """CPU generator for one epoch's permutation and augmentation draws."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
 
 
 @dataclass(frozen=True)
@@ -123,7 +118,7 @@ class TaskBatches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         n = self.y.shape[0]
-        g = epoch_generator(self.seed, self.epoch)
+        g = generator(self.seed, self.epoch)
         self.epoch += 1
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         order = order.to(self.device)

@@ -14,9 +14,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from cl_bench.seeds import generator
 
 from .batching import Augment
 from .sources import SOURCE_INFO, Source, load_source, source_num_classes, stratified_split
@@ -72,11 +73,6 @@ def _int(cfg: Mapping[str, Any], key: str, default: Any, minimum: int) -> int | 
     return value
 
 
-def _generator(seed: int, *stream: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, *stream]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
 def _class_order(cfg: Mapping[str, Any], kind: str, n_classes: int, needed: int, seed: int) -> tuple[int, ...]:
     order = cfg.get("class_order")
     if kind != "split":
@@ -88,7 +84,7 @@ def _class_order(cfg: Mapping[str, Any], kind: str, n_classes: int, needed: int,
     if isinstance(order, str):
         if order != "random":
             raise _err("class_order", f"must be null, 'random' or a list of class ids, got {order!r}")
-        return tuple(torch.randperm(n_classes, generator=_generator(seed, _CLASS_ORDER))[:needed].tolist())
+        return tuple(torch.randperm(n_classes, generator=generator(seed, _CLASS_ORDER))[:needed].tolist())
     if isinstance(order, Mapping) or not hasattr(order, "__iter__"):
         raise _err("class_order", f"must be null, 'random' or a list of class ids, got {order!r}")
     ids = list(order)
@@ -172,7 +168,7 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
 
 def task_permutations(seed: int, n_tasks: int, n_pixels: int, first_identity: bool = False) -> Tensor:
     """``[n_tasks, n_pixels]`` pixel permutations, one per task, from the scenario seed."""
-    g = _generator(seed, _PERMUTATION)
+    g = generator(seed, _PERMUTATION)
     perms = torch.stack([torch.randperm(n_pixels, generator=g) for _ in range(n_tasks)])
     if first_identity:
         perms[0] = torch.arange(n_pixels)
@@ -182,7 +178,7 @@ def task_permutations(seed: int, n_tasks: int, n_pixels: int, first_identity: bo
 def rotation_angles(seed: int, n_tasks: int, angle_range: tuple[float, float] = (0.0, 180.0)) -> list[float]:
     """One angle per task, uniform in ``[lo, hi)`` degrees, from the scenario seed."""
     lo, hi = angle_range
-    u = torch.rand(n_tasks, generator=_generator(seed, _ROTATION), dtype=torch.float64)
+    u = torch.rand(n_tasks, generator=generator(seed, _ROTATION), dtype=torch.float64)
     return (lo + (hi - lo) * u).tolist()
 
 
@@ -233,8 +229,8 @@ def _task(spec: ScenarioConfig, src: Source, t: int, transform: Callable[[Tensor
     else:
         classes = list(range(src.n_classes))
         train_idx, test_idx = None, None  # all samples; the transform makes the task's own copy
-    train_idx = _subsample(train_idx, src.y_train, spec.train_subsample, _generator(spec.seed, _TRAIN_SUBSAMPLE, t))
-    test_idx = _subsample(test_idx, src.y_test, spec.test_subsample, _generator(spec.seed, _TEST_SUBSAMPLE, t))
+    train_idx = _subsample(train_idx, src.y_train, spec.train_subsample, generator(spec.seed, _TRAIN_SUBSAMPLE, t))
+    test_idx = _subsample(test_idx, src.y_test, spec.test_subsample, generator(spec.seed, _TEST_SUBSAMPLE, t))
     x_train, y_train = _take(src.x_train, train_idx, False), _take(src.y_train, train_idx, True)
     x_test, y_test = _take(src.x_test, test_idx, False), _take(src.y_test, test_idx, True)
     x_val = y_val = None
@@ -242,7 +238,7 @@ def _task(spec: ScenarioConfig, src: Source, t: int, transform: Callable[[Tensor
         n_val = max(1, round(spec.val_fraction * y_train.numel()))
         if n_val >= y_train.numel():
             raise _err("val_fraction", f"{spec.val_fraction} leaves no training data in task {t}")
-        val_idx, keep = stratified_split(y_train, n_val, _generator(spec.seed, _VALIDATION, t))
+        val_idx, keep = stratified_split(y_train, n_val, generator(spec.seed, _VALIDATION, t))
         x_val, y_val, x_train, y_train = x_train[val_idx], y_train[val_idx], x_train[keep], y_train[keep]
 
     x_train, x_test = transform(x_train), transform(x_test)
