@@ -1,4 +1,4 @@
-"""Checks C0-C11 on toys with known answers (quadratic, least squares, two basins) and a small MLP."""
+"""Checks C0-C11 and the certificates on toys with known answers (quadratic, least squares, two basins) and a small MLP."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def by_id(records):
 
 
 CFG = ChecksConfig(k=3, lanczos_iters=50, lanczos_tol=1e-10, which=[f"C{i}" for i in range(12)],
-                   radii=[0.1, 1.0, 10.0, 100.0], hutchinson_probes=4)
+                   radii=[0.1, 1.0, 10.0, 100.0], hutchinson_probes=4, lipschitz_radii=[0.01, 0.1, 1.0, 10.0])
 
 
 @pytest.fixture
@@ -44,21 +44,27 @@ def test_quadratic_toy_kappa_zero_sandwich_tight_radius_infinite(quadratic):
     assert snap.radius == math.inf and float(snap.grad.norm()) == 0.0
     torch.testing.assert_close(snap.eigvals[:4], torch.tensor([5.0, 4.0, 3.0, 2.0], dtype=F64))
     d = snap.eigvecs @ torch.tensor([0.7, -1.2, 0.4], dtype=F64)  # D in span(V_k)
-    recs = by_id(PairChecks(snap, c + d, 1, CFG).run(CFG.which))
+    pair = PairChecks(snap, c + d, 1, CFG)
+    recs = by_id(pair.run(CFG.which))
     e = float(d @ a @ d) / 2
     assert recs["C2"]["values"]["forgetting"] == pytest.approx(e, rel=1e-12)
     assert recs["C2"]["values"]["kappa"] < 1e-12 and recs["C2"]["verdict"] == "pass"
     c4 = recs["C4"]["values"]
     assert c4["lower"] == pytest.approx(e, rel=1e-12) and c4["upper"] == pytest.approx(e, rel=1e-12)
-    assert c4["subspace_share"] == pytest.approx(1.0) and recs["C4"]["verdict"] == "pass"
-    assert c4["upper_loose"] > c4["upper"]  # GEOMETRY.md's lambda_1 ||V^T D||^2 form is looser
-    for cid in ("C0", "C1", "C6", "C7", "C11"):
+    assert c4["subspace_share"] == pytest.approx(1.0) and recs["C4"]["verdict"] == "n/a"  # tightness only
+    assert c4["tightness"] == pytest.approx(1.0, rel=1e-10)
+    assert c4["upper_loose"] > c4["upper"]  # the lambda_1 ||V^T D||^2 form is looser
+    for cid in ("C0", "C1", "C6", "C7"):
         assert recs[cid]["verdict"] == "pass", recs[cid]
-    assert recs["C7"]["values"]["rho_hat"] < 1e-12
+    assert recs["C6"]["values"]["r_star"] == math.inf  # the quadratic model is exact along D
+    assert abs(recs["C7"]["values"]["remainder"]) < 1e-12 and snap.lipschitz_r == 10.0
     assert recs["C11"]["values"]["barrier"] == 0.0  # convex: the loss along the segment lies below the chord
-    cert = certificate(list(recs.values()))
-    assert cert["n_certified"] == 1 and cert["pairs"][0]["holds"]
-    assert cert["pairs"][0]["bound"] == pytest.approx(e, rel=1e-10)  # tight certificate
+    assert recs["C11"]["values"]["rise"] == pytest.approx(e) and recs["C11"]["verdict"] == "fail"  # E > barrier_tol
+    cert = certificate([pair.certify()])
+    p = cert["pairs"][0]
+    assert cert["n_certified"] == 1 and p["kind"] == "taylor_bound" and not p["violated"] and cert["n_violated"] == 0
+    assert p["bound"] == pytest.approx(e, rel=1e-9) and p["ratio"] == pytest.approx(1.0, rel=1e-9)  # tight
+    assert p["explain"]["share_quadratic"] == pytest.approx(1.0) and p["kinds"]["null_space"]["certified"] is False
 
 
 def test_quadratic_toy_sandwich_brackets_a_general_update(quadratic):
@@ -68,7 +74,7 @@ def test_quadratic_toy_sandwich_brackets_a_general_update(quadratic):
     e = float(d @ a @ d) / 2
     assert v["C2"]["values"]["kappa"] < 1e-12
     c4 = v["C4"]["values"]
-    assert c4["lower"] < e < c4["upper"] and c4["inside_without_slack"]
+    assert c4["lower"] < e < c4["upper"] and c4["quadratic_inside"]
     coeff = snap.eigvecs.T @ d  # brute force from the dense spectrum
     r2 = float(d @ d - coeff @ coeff)
     assert c4["upper"] == pytest.approx(0.5 * (float((snap.eigvals[:3] * coeff**2).sum()) + 2.0 * r2), rel=1e-10)
@@ -79,11 +85,14 @@ def test_psd_check_fails_on_an_indefinite_toy():
     c = torch.zeros(6, dtype=F64)
     snap = take_snapshot(quadratic_objective(a, c), c, 0, CFG)
     assert snap.lambda_min == pytest.approx(-2.0)
-    rec = by_id(PairChecks(snap, c + 0.1, 1, CFG).run(["C1"]))["C1"]
+    pair = PairChecks(snap, c + 0.1, 1, CFG)
+    rec = by_id(pair.run(["C1"]))["C1"]
     assert rec["verdict"] == "fail" and "indefinite" in rec["reason"]
     assert rec["values"]["ratio"] == pytest.approx(-0.4)
-    cert = certificate([rec])
-    assert not cert["pairs"][0]["certified"] and any("C1 fail" in r for r in cert["pairs"][0]["reasons"])
+    # Taylor's theorem needs no PSD anchor: the bound certifies the indefinite toy exactly
+    p = pair.certify()
+    d = torch.full((6,), 0.1, dtype=F64)
+    assert p["kind"] == "taylor_bound" and p["bound"] == pytest.approx(float(d @ a @ d) / 2, rel=1e-9)
 
 
 def test_stationarity_fails_away_from_the_minimum():

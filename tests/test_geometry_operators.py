@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from cl_bench.geometry import (EmpiricalFisherOperator, GGNOperator, HessianOperator, ParamLayout, flat_params,
                                make_operator, module_objective)
-from cl_bench.geometry.objective import _TrainLogits
+from cl_bench.geometry.objective import _Logits
 from test_geometry_toys import toy_module, toy_scenario
 from test_geometry_toys import single_thread  # noqa: F401  (autouse fixture)
 
@@ -31,7 +31,7 @@ def dense_loss(module, x, y, task_id):
 
     def logits(theta):
         params = {f"m.{k}": v for k, v in layout.unflatten(theta).items()}
-        return functional_call(_TrainLogits(module), params, (x, t))
+        return functional_call(_Logits(module, True), params, (x, t))
 
     return logits, lambda theta: F.cross_entropy(logits(theta), y)
 

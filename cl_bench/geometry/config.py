@@ -1,4 +1,4 @@
-"""Configuration of the guarantee checks (config key ``checks``; GEOMETRY.md for the formulas).
+"""Configuration of the guarantee checks and certificates (config key ``checks``; docs/guarantees.md).
 
 Every threshold is a design choice, not a theorem: the records always carry
 the measured numbers next to the threshold and the verdict.
@@ -60,25 +60,48 @@ class ChecksConfig:
     stationarity_tol: float = 0.1
     # C1: lambda_min >= -psd_tol * lambda_1
     psd_tol: float = 0.01
-    # C2: kappa = |E - E_hat| / max(|E|, loss_eps)
+    # C2: kappa = |E - E_hat| / max(|E| + |g^T D| + |D^T H D| / 2, loss_eps)
     kappa_tol: float = 0.2
     loss_eps: float = 1e-4  # loss differences below this (nats) count as zero in relative errors
     # C3: rho <= energy_tol * (tr H / (P lambda_1))
     energy_tol: float = 1.0
-    # C5: mean per-step leakage ||V_k^T d|| / ||d|| into each past task's basis
-    leakage_tol: float = 0.1
+    # C5: mean per-step leakage ||V_k^T d|| / ||d|| <= leakage_tol * sqrt(k / P) (a random direction's expectation)
+    leakage_tol: float = 1.0
     # C6: relative error of the second-order model along each direction <= radius_tol
     radii: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
     radius_tol: float = 0.2
     radius_eigvecs: int = 1  # top eigenvectors used as directions
     radius_random: int = 1  # random unit directions
-    # C7: rho_hat ||D||^3 / 6 <= remainder_tol * max(|E_hat|, loss_eps)
-    remainder_tol: float = 0.5
+    # perturbation score s(r) = E_eig(r) / E_rand(r): mean loss change along the top score_eigvecs
+    # eigenvectors (capped at the stored k) over the mean along score_random random unit directions
+    score_eigvecs: int = 10
+    score_random: int = 2
+    score_radii: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0])
+    certificates: bool = True  # exact isolation / null space / Taylor bound per pair (docs/guarantees.md)
+    # anchor-time Hessian-Lipschitz constant M_o and its radius r_o (Taylor and null-space certificates):
+    # q(u, r) = ||(H(theta_o* + r u) - H_o) u|| / r over the top lipschitz_eigvecs eigenvectors and
+    # lipschitz_random random unit directions u, radii lipschitz_radii; r_o = the largest radius up to
+    # which max q has grown by at most lipschitz_stability x its value at the smallest radius;
+    # M_o = lipschitz_safety * max q over radii <= r_o
+    lipschitz_eigvecs: int = 2
+    lipschitz_random: int = 2
+    lipschitz_radii: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
+    lipschitz_stability: float = 2.0
+    lipschitz_safety: float = 2.0
+    # Taylor-bound certificate: certified when ||D|| <= r_o and M_o ||D||^3 / 6 <= taylor_slack * |E_hat|
+    taylor_slack: float = 0.5
+    # null-space certificate: ||H_o D|| / (lambda_1 ||D||) <= null_space_tol and |g^T D| <= null_space_linear
+    null_space_tol: float = 0.01
+    null_space_linear: float = 1e-3
+    # a certified pair is violated when E > bound + violation_tol * max(1, L_o(theta_o*)) (float evaluation noise)
+    violation_tol: float = 1e-6
+    # C7: exact remainder |E - E_hat| <= M_o ||D||^3 / 6 (the anchor-time bound), inside r_o
+    remainder_tol: float = 1.0
     # C8: mean ||f_t(x) - f_o(x)||^2 / mean ||f_o(x)||^2 <= drift_tol
     drift_tol: float = 0.05
     # C9 (optional): ||V_k(theta_o)^T V_k(theta_t)||_F^2 / k >= staleness_tol
     staleness_tol: float = 0.5
-    # C11: barrier <= barrier_tol (nats)
+    # C11: loss profile L_o(theta_o* + s D) on lmc_alphas; max_s L_o(theta_o* + s D) - L_o(theta_o*) <= barrier_tol
     lmc_alphas: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     lmc_layerwise: bool = True
     lmc_layer_alphas: list[float] = field(default_factory=lambda: [0.5])
@@ -102,13 +125,21 @@ class ChecksConfig:
             raise ValueError("checks.probe_batch_size, radius_eigvecs, radius_random, rank_max_params must be >= 0")
         if self.eigvec_budget_mb < 0:
             raise ValueError(f"checks.eigvec_budget_mb must be >= 0, got {self.eigvec_budget_mb}")
-        if not self.radii or any(r <= 0 for r in self.radii):
-            raise ValueError(f"checks.radii must be a non-empty list of positive radii, got {self.radii}")
+        for key in ("radii", "score_radii", "lipschitz_radii"):
+            radii = getattr(self, key)
+            if not radii or any(not r > 0 for r in radii):
+                raise ValueError(f"checks.{key} must be a non-empty list of positive radii, got {radii}")
+        for key in ("score_eigvecs", "score_random", "lipschitz_eigvecs", "lipschitz_random"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"checks.{key} must be >= 0, got {getattr(self, key)}")
+        if self.lipschitz_stability < 1 or self.lipschitz_safety < 1:
+            raise ValueError("checks.lipschitz_stability and checks.lipschitz_safety must be >= 1")
         for key in ("lmc_alphas", "lmc_layer_alphas"):
             if any(not 0 < a < 1 for a in getattr(self, key)):
                 raise ValueError(f"checks.{key} must lie strictly between 0 and 1, got {getattr(self, key)}")
         for key in ("stationarity_tol", "psd_tol", "kappa_tol", "loss_eps", "energy_tol", "leakage_tol", "radius_tol",
-                    "remainder_tol", "drift_tol", "staleness_tol", "barrier_tol", "lanczos_tol"):
+                    "remainder_tol", "drift_tol", "staleness_tol", "barrier_tol", "lanczos_tol", "taylor_slack",
+                    "null_space_tol", "null_space_linear", "violation_tol"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"checks.{key} must be >= 0, got {getattr(self, key)}")
 

@@ -1,22 +1,28 @@
 """The probe objective L(theta) = (1/N) sum_n l(f(theta, x_n), y_n) as a function of a flat parameter vector.
 
-Every curvature quantity of the guarantee checks (GEOMETRY.md) is a derivative
-of one such objective: task o's loss on its fixed probe set S_o, with the
-module in eval mode, so that L_o is a deterministic function of theta.
+Every curvature quantity of the guarantee checks (docs/guarantees.md) is a
+derivative of one such objective: task o's loss on its fixed probe set S_o,
+with the module in eval mode, so that L_o is a deterministic function of theta.
 :func:`module_objective` builds it from a :class:`~cl_bench.module.ContinualModule`
-(``train_logits`` + cross-entropy, no strategy penalty); tests build toy
-objectives (e.g. least squares with a known Hessian) from plain functions.
+as the setting evaluates the task (cross-entropy over every output in class-IL,
+over the task's own classes in task-IL, whatever training masked; no strategy
+penalty); tests build toy objectives (e.g. least squares with a known Hessian)
+from plain functions. theta is the network's flat vector of
+:mod:`cl_bench.layout` (frozen copies such as a distillation teacher excluded).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from cl_bench.layout import ParamLayout, flat_params
+
+__all__ = ["Objective", "ParamLayout", "cross_entropy_per_sample", "flat_params", "module_objective",
+           "setting_columns"]
 
 #: forward(theta_flat, x_chunk) -> outputs [B, C]
 Forward = Callable[[Tensor, Tensor], Tensor]
@@ -29,60 +35,23 @@ def cross_entropy_per_sample(z: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(z, y, reduction="none")
 
 
-@dataclass(frozen=True)
-class ParamLayout:
-    """Names and shapes of a module's parameters, and the flat-vector views of them."""
+class _Logits(nn.Module):
+    """``forward(x, t)`` = the module's unmasked logits (``train=False``) or ``train_logits`` (``train=True``),
+    so that ``functional_call`` can swap parameters."""
 
-    names: tuple[str, ...]
-    shapes: tuple[torch.Size, ...]
-
-    @classmethod
-    def of(cls, module: nn.Module) -> ParamLayout:
-        named = list(module.named_parameters())
-        if not named:
-            raise ValueError(f"{type(module).__name__} has no parameters: nothing to differentiate")
-        return cls(tuple(n for n, _ in named), tuple(p.shape for _, p in named))
-
-    @property
-    def numels(self) -> list[int]:
-        return [s.numel() for s in self.shapes]
-
-    @property
-    def dim(self) -> int:
-        return sum(self.numels)
-
-    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        """Views of ``theta`` [P] shaped like each parameter (differentiable)."""
-        return {n: c.view(s) for n, c, s in zip(self.names, theta.split(self.numels), self.shapes)}
-
-    def groups(self) -> list[tuple[str, slice]]:
-        """Flat index ranges of each owning module ("layer"): ``[(module_name, slice), ...]``."""
-        out: list[tuple[str, slice]] = []
-        start = 0
-        for name, n in zip(self.names, self.numels):
-            owner = name.rsplit(".", 1)[0] if "." in name else ""
-            if out and out[-1][0] == owner and out[-1][1].stop == start:
-                out[-1] = (owner, slice(out[-1][1].start, start + n))
-            else:
-                out.append((owner, slice(start, start + n)))
-            start += n
-        return out
-
-
-def flat_params(module: nn.Module) -> Tensor:
-    """theta = concatenation of every parameter (requires_grad or not), detached copy [P]."""
-    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
-
-
-class _TrainLogits(nn.Module):
-    """``forward(x, t) = module.train_logits(x, t)`` so that ``functional_call`` can swap parameters."""
-
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, train: bool) -> None:
         super().__init__()
-        self.m = module
+        self.m, self.train_mode_logits = module, train
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.m.train_logits(x, t)
+        return self.m.train_logits(x, t) if self.train_mode_logits else self.m(x, t)
+
+
+def setting_columns(module: nn.Module, task_id: int) -> list[int] | None:
+    """The outputs task ``task_id`` is evaluated on: its own classes in task-IL, None (all) otherwise."""
+    if getattr(module, "setting", None) != "task_il" or not hasattr(module, "class_mask"):
+        return None
+    return [int(c) for c in module.class_mask[task_id].nonzero().flatten()]
 
 
 class Objective:
@@ -102,6 +71,7 @@ class Objective:
         self.forward, self.x, self.y, self.dim = forward, x, y, dim
         self.per_sample_loss = per_sample_loss
         self.batch_size = batch_size or x.shape[0]
+        self.columns: list[int] | None = None  # global output indices of the outputs (None: all of them)
 
     @property
     def n(self) -> int:
@@ -155,21 +125,43 @@ class Objective:
         return torch.cat(outs), torch.cat(tangents)
 
 
-def module_objective(module: nn.Module, x: Tensor, y: Tensor, task_id: int, batch_size: int | None = None) -> Objective:
-    """L_o(theta) = mean CE(module.train_logits(x, o), y) with the module's parameters replaced by theta.
+def module_objective(module: nn.Module, x: Tensor, y: Tensor, task_id: int, batch_size: int | None = None,
+                     logits: str = "train") -> Objective:
+    """L_o(theta) = mean CE(z_o(x), y) at the network parameters theta (frozen copies keep their values).
+
+    ``logits="setting"``: z_o = the module's logits restricted in task-IL to task
+    o's classes (:func:`setting_columns`), the loss of the task as it is
+    evaluated (the guarantee checks use this); ``logits="train"``: z_o =
+    ``module.train_logits`` (what the training loss sees: masked only with
+    ``mask_train_logits``).
 
     The module must already be in eval mode (BatchNorm running statistics, no
-    dropout); its own parameters are never modified.
+    dropout); its own parameters are never modified. In task-IL the objective's
+    outputs are the task's columns only and ``y`` is re-indexed into them.
     """
     if not hasattr(module, "train_logits"):
         raise TypeError(f"{type(module).__name__} has no train_logits(x, t): pass a ContinualModule")
-    wrapper = _TrainLogits(module)
+    if logits not in ("setting", "train"):
+        raise ValueError(f"module_objective: logits must be 'setting' or 'train', got {logits!r}")
+    wrapper = _Logits(module, logits == "train")
     layout = ParamLayout.of(module)
     names = tuple(f"m.{n}" for n in layout.names)
+    cols = setting_columns(module, task_id) if logits == "setting" else None
+    index = None
+    if cols is not None:
+        index = torch.tensor(cols, dtype=torch.long, device=y.device)
+        lookup = torch.full((int(index.max()) + 1,), -1, dtype=torch.long, device=y.device)
+        lookup[index] = torch.arange(len(cols), device=y.device)
+        if bool((y > index.max()).any()) or bool((lookup[y.clamp_max(int(index.max()))] < 0).any()):
+            raise ValueError(f"probe labels of task {task_id} are not all among its classes {cols}")
+        y = lookup[y]
 
     def forward(theta: Tensor, xb: Tensor) -> Tensor:
         params = dict(zip(names, layout.unflatten(theta).values()))
         t = torch.full((xb.shape[0],), task_id, dtype=torch.long, device=xb.device)
-        return functional_call(wrapper, params, (xb.to(theta.dtype), t))
+        z = functional_call(wrapper, params, (xb.to(theta.dtype), t))
+        return z if index is None else z.index_select(1, index.to(z.device))
 
-    return Objective(forward, x, y, layout.dim, cross_entropy_per_sample, batch_size)
+    obj = Objective(forward, x, y, layout.dim, cross_entropy_per_sample, batch_size)
+    obj.columns = cols
+    return obj

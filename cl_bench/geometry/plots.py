@@ -1,4 +1,4 @@
-"""Plots of the guarantee checks (GEOMETRY.md), one point per (past task o, later task t) of every run.
+"""Plots of the guarantee checks (docs/guarantees.md), one point per (past task o, later task t) of every run.
 
 - C2: measured forgetting E = L_o(theta_t) - L_o(theta_o*) against the quadratic
   prediction E_hat = g^T D + D^T H D / 2, one colour per strategy label, with y = x.

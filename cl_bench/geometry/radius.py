@@ -1,35 +1,67 @@
-"""Validity radius of the second-order model (check C6).
+"""Validity radius of the second-order model (check C6) and the perturbation score.
 
 Along a unit direction u: dL(r) = L(theta* + r u) - L(theta*) against the model
-q(r) = r g^T u + r^2 u^T H u / 2; relative error e(r) = |dL - q| / max(|dL|, |q|, eps),
-taken as the worse of +r and -r (odd third-order terms). r*(u) is the largest grid
-radius up to which every e <= tol (inf when the whole grid passes, 0 when the
-smallest radius already fails); r* = min_u r*(u).
+q(r) = r g^T u + r^2 u^T H u / 2; relative error e(r) = |dL - q| / max(|dL|, |q|, eps).
+Two-sided curves (eigenvectors, random directions) take the worse of +r and -r
+(odd third-order terms); the curve along the update actually taken, u = D / ||D||,
+is one-sided (+r only: the path). r*(u) is the largest grid radius up to which every
+e <= tol (inf when the whole grid passes, 0 when the smallest radius already fails).
+
+Perturbation score: s(r) = E_eig(r) / E_rand(r), with E_eig(r) the mean of
+L(theta* + r v_i) - L(theta*) over the top eigenvectors v_i and E_rand(r) the
+same mean over random unit directions: how much more a step of length r along
+the sharp directions costs than a step in a random direction.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import torch
 from torch import Tensor
 
 
 def radius_curve(loss: Callable[[Tensor], float], theta: Tensor, loss0: float, slope: float, curvature: float,
-                 u: Tensor, radii: Sequence[float], tol: float, eps: float) -> dict[str, float | list[float]]:
+                 u: Tensor, radii: Sequence[float], tol: float, eps: float,
+                 two_sided: bool = True) -> dict[str, Any]:
     """e(r) on the grid and r*(u) for one unit direction u with slope g^T u and curvature u^T H u."""
     radii = sorted(radii)
-    errors = []
+    errors, changes = [], []
     for r in radii:
         err = 0.0
-        for s in (r, -r):
+        for s in ((r, -r) if two_sided else (r,)):
             dl = loss(theta + s * u) - loss0
             q = s * slope + 0.5 * s * s * curvature
             err = max(err, abs(dl - q) / max(abs(dl), abs(q), eps))
+            if s > 0:
+                changes.append(dl)
         errors.append(err)
     r_star = math.inf
     for i, err in enumerate(errors):
         if err > tol:
             r_star = radii[i - 1] if i else 0.0
             break
-    return {"radii": list(radii), "rel_error": errors, "r_star": r_star, "slope": slope, "curvature": curvature}
+    return {"radii": list(radii), "rel_error": errors, "loss_change": changes, "r_star": r_star,
+            "slope": slope, "curvature": curvature}
+
+
+def perturbation_score(loss: Callable[[Tensor], float], theta: Tensor, loss0: float, eigvecs: Tensor,
+                       n_random: int, radii: Sequence[float], seed: int) -> dict[str, Any]:
+    """s(r) = E_eig(r) / E_rand(r) over the columns of ``eigvecs`` and ``n_random`` random unit directions."""
+    radii = sorted(radii)
+    gen = torch.Generator().manual_seed(seed)
+    rand = [torch.randn(theta.numel(), generator=gen, dtype=torch.float64).to(theta) for _ in range(n_random)]
+    rand = [u / u.norm() for u in rand]
+
+    def mean_change(dirs: list[Tensor], r: float) -> float:
+        return sum(loss(theta + r * u) - loss0 for u in dirs) / len(dirs) if dirs else math.nan
+
+    eig = list(eigvecs.T)
+    e_eig = [mean_change(eig, r) for r in radii]
+    e_rand = [mean_change(rand, r) for r in radii]
+    score = [a / b if b and math.isfinite(a) and math.isfinite(b) and b != 0 else math.nan
+             for a, b in zip(e_eig, e_rand)]
+    return {"radii": list(radii), "E_eig": e_eig, "E_rand": e_rand, "score": score,
+            "n_eig": len(eig), "n_random": n_random}

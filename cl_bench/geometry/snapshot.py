@@ -1,10 +1,13 @@
 """Curvature snapshot of a task at its end: anchor, probe objective, gradient, top-k spectrum, trace, radius.
 
-Computed once per task o (GEOMETRY.md, "Per task, once at its end") and kept
-for every later check of o: theta_o*, L_o on the probe set S_o, g_o, the top
-k+1 eigenpairs of H_o (Lanczos; lambda_{k+1} enters the C4 upper bound), the
-smallest Ritz value (C1), a deflated Hutchinson trace (C3, C12), the validity
-radius (C6) and the descriptive landscape numbers (C12).
+Computed once per task o (docs/guarantees.md, "Snapshot") and kept for every
+later check of o: theta_o*, L_o on the probe set S_o, g_o, the top k+1
+eigenpairs of H_o (Lanczos; lambda_{k+1} enters the C4 sandwich), the smallest
+Ritz value (C1), a deflated Hutchinson trace (C3, C12), the validity-radius
+curves along the top eigenvectors and random directions (C6) with the
+perturbation score s(r), the descriptive landscape numbers (C12), and what the
+certificates rest on: the strategy's declared isolation mask and the
+Hessian-Lipschitz constant M_o with its radius r_o (:mod:`.remainder`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from .hutchinson import hutchinson_trace
 from .lanczos import lanczos
 from .objective import Objective
 from .operators import make_operator
-from .radius import radius_curve
+from .radius import perturbation_score, radius_curve
+from .remainder import hessian_lipschitz
 
 
 @dataclass
@@ -43,6 +47,9 @@ class Snapshot:
     radius: float | None  # r* of C6 (inf: valid on the whole grid), None when not computed
     columns: list[int] | None = None  # outputs task o's loss uses (None: all)
     record: dict[str, Any] = field(default_factory=dict)
+    isolated: Tensor | None = None  # bool [P]: parameters task o's outputs depend on, declared at its end
+    lipschitz_M: float = math.inf  # anchor-time Hessian-Lipschitz estimate M_o (inf: not estimated)
+    lipschitz_r: float = 0.0  # radius r_o where M_o holds (0: nowhere)
 
     @property
     def lambda_1(self) -> float:
@@ -59,8 +66,9 @@ class Snapshot:
 
 
 def take_snapshot(objective: Objective, theta: Tensor, task: int, cfg: ChecksConfig, k_store: int | None = None,
-                  columns: list[int] | None = None) -> Snapshot:
-    """Snapshot of ``objective`` at ``theta``; keeps ``k_store`` (default ``cfg.k``) eigenvectors."""
+                  columns: list[int] | None = None, isolated: Tensor | None = None) -> Snapshot:
+    """Snapshot of ``objective`` at ``theta``; keeps ``k_store`` (default ``cfg.k``) eigenvectors;
+    ``isolated``: the strategy's declared bool mask [P] of the parameters task ``task`` depends on."""
     theta = theta.detach().clone()
     cost: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
@@ -84,12 +92,29 @@ def take_snapshot(objective: Objective, theta: Tensor, task: int, cfg: ChecksCon
     snap = Snapshot(task, theta, objective, loss, grad, res.eigvals.detach().clone(),
                     res.eigvecs[:, :k_store].clone(), res.lambda_min, lambda_min_ok, trace, trace_se, None,
                     columns)
-    radius_rec = None
+    if isolated is not None:
+        if isolated.shape != theta.shape or isolated.dtype != torch.bool:
+            raise ValueError(f"isolated_mask({task}) must be a bool tensor of shape {tuple(theta.shape)}, "
+                             f"got {isolated.dtype} {tuple(isolated.shape)}")
+        snap.isolated = isolated.detach().to(theta.device).clone()
+    radius_rec = score = None
     if cfg.wants("C6"):
         t0, before = time.perf_counter(), op.n_matvec
         radius_rec = validity_radius(snap, op.matvec, cfg)
         snap.radius = radius_rec["r_star"]
+        n_eig = min(cfg.score_eigvecs, snap.k)
+        if n_eig and cfg.score_random:
+            score = perturbation_score(objective.loss, theta, loss, snap.eigvecs[:, :n_eig], cfg.score_random,
+                                       cfg.score_radii, cfg.seed + 104729 * (task + 1))
         cost["radius"] = {"hvp": op.n_matvec - before, "seconds": time.perf_counter() - t0}
+    lip = None
+    if cfg.certificates:
+        t0 = time.perf_counter()
+        lip = hessian_lipschitz(objective, theta, snap.eigvecs, cfg.lipschitz_eigvecs, cfg.lipschitz_random,
+                                cfg.lipschitz_radii, cfg.lipschitz_stability, cfg.lipschitz_safety,
+                                cfg.seed + 15485863 * (task + 1))
+        snap.lipschitz_M, snap.lipschitz_r = lip["M"], lip["r"]
+        cost["hessian_lipschitz"] = {"hvp": lip.pop("hvp"), "seconds": time.perf_counter() - t0}
     snap.record = {
         "task": task, "n_probe": objective.n, "n_params": objective.dim, "curvature": cfg.curvature,
         "loss": loss, "grad_norm": float(grad.norm()),
@@ -97,7 +122,9 @@ def take_snapshot(objective: Objective, theta: Tensor, task: int, cfg: ChecksCon
         "k_stored": k_store, "lanczos_matvecs": res.n_matvec, "lanczos_converged": res.converged,
         "lambda_min": res.lambda_min, "lambda_min_residual": res.lambda_min_residual,
         "lambda_min_converged": lambda_min_ok,
-        "trace": trace, "trace_std_error": trace_se, "radius": radius_rec, "cost": cost,
+        "trace": trace, "trace_std_error": trace_se, "radius": radius_rec, "perturbation_score": score,
+        "hessian_lipschitz": lip, "n_isolated": None if snap.isolated is None else int(snap.isolated.sum()),
+        "cost": cost,
     }
     return snap
 

@@ -1,11 +1,13 @@
 """Compact guarantee table of a set of runs: one row per strategy label (runs pooled over seeds).
 
 Reads only ``RunResult.checks`` (``GeometryTracker.summary()``): verdict counts
-per check id (passes and n/a over all (o, t) pairs and runs), and the means of
-the headline numbers of GEOMETRY.md — kappa = |E - E_hat| / max(|E|, eps) (C2),
-the curvature-energy ratio rho / (tr H / (P lambda_1)) against a random
-direction (C3), the mean per-step leakage ||V_k^T d|| / ||d|| (C5), the
-certified pairs and the measured E vs the predicted E_hat.
+per check id (passes and n/a over all (o, t) pairs and runs), the certificates
+(certified pairs per kind, violations, median bound / E) and the means of the
+headline numbers of docs/guarantees.md — kappa = |E - E_hat| / max(|E| + |g.D| +
+|D^T H D| / 2, eps) (C2), the share of E the quadratic model explains, the
+curvature-energy ratio against a random direction (C3), the mean per-step
+leakage against a random direction's sqrt(k / P) (C5), and the measured E vs
+the predicted E_hat. :data:`LEGEND` explains every column.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from rich.table import Table
 from cl_bench.results import RunResult
 
 from .config import CHECKS
+
+LEGEND = ("C<i>: passes (n/a in brackets; floor-decided verdicts in docs/guarantees.md); "
+          "cert: certified pairs as exact isolation/null space/Taylor bound; viol: certified pairs with E > bound; "
+          "bound/E: median over certified pairs with E > 0; kappa: |E - E_hat| / (|E| + |g.D| + |D^T H D|/2); "
+          "expl: share of E explained by g.D + D^T H D/2; C3/rnd, C5/rnd: curvature energy and step leakage "
+          "over a random direction's; E / E_hat: measured / predicted forgetting; s / HVP: check cost per run. "
+          "See docs/guarantees.md.")
 
 def records(result: RunResult, check_id: str) -> list[dict[str, Any]]:
     """The records of one check id in a run (empty when the run has no checks)."""
@@ -67,32 +76,40 @@ def verdict_cell(c: Counter) -> str:
 
 def guarantee_table(results: list[RunResult]) -> Table:
     """One row per strategy: (o, t) pairs, passes per check (n/a in brackets; the descriptive checks whose
-    records are all n/a, C10 and C12, are left out), certified pairs, mean kappa (C2), C3 ratio to random,
-    C5 leakage, mean measured E / predicted E_hat (C2), check cost per run (seconds / curvature products,
-    snapshots included)."""
+    records are all n/a, C4, C10 and C12, are left out), certified pairs per kind, violations, median
+    bound / E, mean kappa (C2), explained share, C3 and C5 against random, mean measured E / predicted
+    E_hat (C2), check cost per run (seconds / curvature products, snapshots included). The caption is
+    :data:`LEGEND`."""
     groups = group_runs(results)
     totals = Counter()
     for runs in groups.values():
         for cid, c in verdict_counts(runs).items():
             totals[cid] += c["pass"] + c["fail"]
     ids = [cid for cid in CHECKS if totals[cid]]
-    table = Table(title="guarantee checks (GEOMETRY.md): passes of the (o, t) pairs per check (n/a in brackets); "
-                  "means over pairs and seeds", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("strategy", "runs", "pairs", *ids, "cert", "kappa", "C3/rnd", "C5 leak", "E / E_hat",
-                 "s / HVP"):
+    table = Table(title="guarantee checks and certificates (docs/guarantees.md): passes of the (o, t) pairs per "
+                  "check (n/a in brackets); means over pairs and seeds", title_justify="left",
+                  caption=LEGEND, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("strategy", "runs", "pairs", *ids, "cert", "viol", "bound/E", "kappa", "expl", "C3/rnd",
+                 "C5/rnd", "E / E_hat", "s / HVP"):
         table.add_column(name, justify="left" if name == "strategy" else "right")
     for name, runs in groups.items():
         counts = verdict_counts(runs)
         c2 = [r["values"] for run in runs for r in records(run, "C2")]
         cert = [run.checks.get("certificate", {}) for run in runs]
+        pairs = [p for c in cert for p in c.get("pairs", [])]
+        chosen = Counter(p.get("kind") for p in pairs if p.get("certified"))
+        ratios = sorted(p["ratio"] for p in pairs if p.get("certified") and isinstance(p.get("ratio"), (int, float)))
         costs = [run.checks.get("cost", {}).values() for run in runs]
         table.add_row(
             name, str(len(runs)), str(sum(c.get("n_pairs", 0) for c in cert)),
             *(verdict_cell(counts.get(cid, Counter())) for cid in ids),
-            str(sum(c.get("n_certified", 0) for c in cert)),
+            "/".join(str(chosen[k]) for k in ("exact_isolation", "null_space", "taylor_bound")),
+            str(sum(c.get("n_violated", c.get("n_certified_violated", 0)) for c in cert)),
+            _fmt(ratios[len(ratios) // 2] if ratios else None),
             _fmt(finite_mean([v["kappa"] for v in c2])),
+            _fmt(finite_mean([p["explain"]["explained"] for p in pairs if "explain" in p]), ".2f"),
             _fmt(finite_mean([r["values"]["ratio_to_random"] for run in runs for r in records(run, "C3")])),
-            _fmt(finite_mean([r["values"].get("mean") for run in runs for r in records(run, "C5")])),
+            _fmt(finite_mean([r["values"].get("ratio_to_random") for run in runs for r in records(run, "C5")])),
             f"{_fmt(finite_mean([v['forgetting'] for v in c2]))} / {_fmt(finite_mean([v['predicted'] for v in c2]))}",
             f"{sum(c['seconds'] for cost in costs for c in cost) / len(runs):.1f} / "
             f"{sum(c['hvp'] for cost in costs for c in cost) / len(runs):.0f}",

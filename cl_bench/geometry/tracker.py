@@ -1,12 +1,15 @@
 """GeometryTracker: curvature snapshots at the end of each task, checks of past tasks after each task,
-per-step leakage during training, and the run's certificate (GEOMETRY.md).
+per-step leakage during training, and the run's certificates (docs/guarantees.md).
 
 Runner protocol, per task t (not for ``joint`` runs):
 ``Trainer(callbacks=[tracker.callback()]).fit(...)`` -> ``module.after_task(task)`` ->
 ``tracker.check(module, t)`` (past tasks o < t) -> ``tracker.snapshot(module, task)``;
 after the last task ``result.checks = tracker.summary()``.
-The loss of task o is the module's training objective on its logits
-(``train_logits`` + cross-entropy, eval mode), never the strategy's penalty.
+The loss of task o is the loss of the task as the setting evaluates it
+(cross-entropy over every output in class-IL, over task o's own classes in
+task-IL, whatever training masked; eval mode), never the strategy's penalty.
+theta is the network's flat vector (:mod:`cl_bench.layout`: frozen copies such
+as a distillation teacher are outside it).
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import torch
 from torch import Tensor, nn
 
 from cl_bench.data import Scenario, Task, iterate_eval
+from cl_bench.layout import ParamLayout, flat_params
 from cl_bench.models import MultiHead
 
 from .certificate import certificate
 from .checks import PairChecks, record
 from .config import ChecksConfig
 from .lipschitz import lipschitz_lower, lipschitz_upper
-from .objective import ParamLayout, flat_params, module_objective
+from .objective import module_objective, setting_columns
 from .operators import make_operator
 from .snapshot import Snapshot, take_snapshot
 
@@ -48,10 +52,12 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def used_columns(module: nn.Module, task: Task) -> list[int] | None:
-    """Outputs task o's loss depends on: its classes when other outputs are masked (multi-head, masked training)."""
-    head = getattr(getattr(module, "backbone", None), "head", None)
-    return list(task.classes) if isinstance(head, MultiHead) or getattr(module, "mask_train_logits", False) else None
+def declared_isolation(module: nn.Module, task_id: int) -> Tensor | None:
+    """``module.isolated_mask(task_id)`` (bool [P] in the layout of :mod:`cl_bench.layout`), None when the
+    module declares nothing."""
+    fn = getattr(module, "isolated_mask", None)
+    mask = fn(task_id) if callable(fn) else None
+    return None if mask is None else mask.detach().bool()
 
 
 class GeometryTracker:
@@ -61,6 +67,7 @@ class GeometryTracker:
         self.cfg, self.scenario, self.device = cfg, scenario, torch.device(device)
         self.snapshots: dict[int, Snapshot] = {}
         self.records: list[dict[str, Any]] = []
+        self.pairs: list[dict[str, Any]] = []  # one certificate per (o, t)
         self.warnings: list[str] = []
         self._steps: dict[int, list[Tensor]] = defaultdict(list)  # task t -> per-step [||d||, leak_o...]
         self._step_tasks: dict[int, list[int]] = {}  # task t -> past tasks o in column order
@@ -95,10 +102,10 @@ class GeometryTracker:
             return []
         with eval_mode(module):
             x, y = self.probe_set(task)
-            obj = module_objective(module, x, y, task.id, self.cfg.probe_batch_size or None)
+            obj = module_objective(module, x, y, task.id, self.cfg.probe_batch_size or None, logits="setting")
             theta = flat_params(module)
             k = self._k_within_budget(theta.numel(), theta.element_size())
-            snap = take_snapshot(obj, theta, task.id, self.cfg, k, used_columns(module, task))
+            snap = take_snapshot(obj, theta, task.id, self.cfg, k, obj.columns, declared_isolation(module, task.id))
             self._stored_bytes += snap.eigvecs.numel() * snap.eigvecs.element_size()
             self.snapshots[task.id] = snap
             recs = [self._landscape(module, snap)] if self.cfg.wants("C12") else []
@@ -132,7 +139,7 @@ class GeometryTracker:
             cols = snap.columns
 
             def logits(xb: Tensor) -> Tensor:
-                z = module.train_logits(xb, tid)
+                z = module(xb, tid)
                 return z[:, cols] if cols is not None else z
 
             vals["lipschitz_lower"] = lipschitz_lower(logits, x)
@@ -177,7 +184,10 @@ class GeometryTracker:
                 leak = None
                 if steps is not None and o in self._step_tasks[t]:
                     leak = steps[:, 1 + self._step_tasks[t].index(o)]
-                out += PairChecks(snap, theta_t, t, self.cfg, prev, leak, groups).run(self.cfg.which)
+                pair = PairChecks(snap, theta_t, t, self.cfg, prev, leak, groups)
+                out += pair.run(self.cfg.which)
+                if self.cfg.certificates:
+                    self.pairs.append(pair.certify())
         self.records.extend(out)
         return out
 
@@ -206,7 +216,7 @@ class GeometryTracker:
         """What a resumed run needs: snapshots (without their probe objective, rebuilt on load) and records."""
         snaps = {o: {f.name: getattr(s, f.name) for f in fields(s) if f.name != "objective"}
                  for o, s in self.snapshots.items()}
-        return {"snapshots": snaps, "records": self.records, "warnings": self.warnings,
+        return {"snapshots": snaps, "records": self.records, "pairs": self.pairs, "warnings": self.warnings,
                 "steps": dict(self._steps), "step_tasks": self._step_tasks, "stored_bytes": self._stored_bytes}
 
     def load_state_dict(self, state: dict[str, Any], module: nn.Module) -> None:
@@ -217,9 +227,10 @@ class GeometryTracker:
         with eval_mode(module):
             for o, saved in state["snapshots"].items():
                 x, y = self.probe_set(self.scenario.tasks[o])
-                obj = module_objective(module, x, y, o, self.cfg.probe_batch_size or None)
+                obj = module_objective(module, x, y, o, self.cfg.probe_batch_size or None, logits="setting")
                 self.snapshots[o] = Snapshot(objective=obj, **{k: to_device(v) for k, v in saved.items()})
         self.records, self.warnings = state["records"], state["warnings"]
+        self.pairs = state.get("pairs", [])
         self._steps = defaultdict(list, {t: [to_device(r) for r in rows] for t, rows in state["steps"].items()})
         self._step_tasks, self._stored_bytes = state["step_tasks"], state["stored_bytes"]
 
@@ -230,11 +241,14 @@ class GeometryTracker:
 
     # ----------------------------------------------------------------- summary
     def summary(self) -> dict[str, Any]:
-        """JSON-ready: config, snapshot records, all check records, certificate, verdict counts, cost per check."""
+        """JSON-ready: config, snapshot records, all check records, the certificates (per pair and counted),
+        verdict counts (with ``floor``: verdicts decided by the loss_eps floor), cost per check."""
         verdicts: dict[str, Counter] = defaultdict(Counter)
+        floors: Counter = Counter()
         cost: dict[str, dict[str, float]] = defaultdict(lambda: {"hvp": 0, "seconds": 0.0})
         for r in self.records:
             verdicts[r["id"]][r["verdict"]] += 1
+            floors[r["id"]] += bool(r.get("floor"))
             cost[r["id"]]["hvp"] += r["cost"]["hvp"]
             cost[r["id"]]["seconds"] += r["cost"]["seconds"]
         for s in self.snapshots.values():
@@ -243,8 +257,8 @@ class GeometryTracker:
                 cost[f"snapshot_{part}"]["seconds"] += c["seconds"]
         return {
             "config": asdict(self.cfg), "snapshots": [self.snapshots[o].record for o in sorted(self.snapshots)],
-            "records": self.records, "certificate": certificate(self.records, self.cfg.loss_eps),
-            "verdicts": {k: dict(v) for k, v in verdicts.items()}, "cost": dict(cost), "warnings": self.warnings,
+            "records": self.records, "certificate": certificate(self.pairs),
+            "verdicts": {k: dict(v) for k, v in verdicts.items()}, "floor_verdicts": dict(floors), "cost": dict(cost), "warnings": self.warnings,
         }
 
 
