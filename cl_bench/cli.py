@@ -8,9 +8,6 @@ import os
 import sys
 from typing import Any
 
-HEADLINE = ("acc", "aia", "forgetting", "bwt", "fwt", "learning_acc", "intransigence", "loss_forgetting")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cl-bench",
@@ -116,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_list() -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from cl_bench.config import CONFIG_DIR
     from cl_bench.data.scenarios import SCENARIO_KINDS
     from cl_bench.data.sources import SOURCE_INFO
-    from cl_bench.metrics import METRIC_DOCS
+    from cl_bench.metrics import METRICS
     from cl_bench.models import MODEL_INFO
     from cl_bench.registry import get_strategy, strategy_names
 
@@ -129,7 +127,7 @@ def cmd_list() -> int:
     def table(title: str, rows: list[tuple[str, str]]) -> None:
         t = Table(title=title, show_header=False, title_justify="left")
         for name, doc in rows:
-            t.add_row(name, doc)
+            t.add_row(Text(name), Text(doc))  # plain text: "[local]" and "R[T-1][j]" are not markup
         console.print(t)
 
     def first_line(path: Any) -> str:
@@ -145,7 +143,7 @@ def cmd_list() -> int:
     )
     table("models", list(MODEL_INFO.items()))
     table("experiments (configs/experiment)", [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))])
-    table("metrics", list(METRIC_DOCS.items()))
+    table("metrics", [(m, info.doc) for m, info in METRICS.items()])
     return 0
 
 
@@ -193,6 +191,7 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
 
     from cl_bench.config import ConfigError
     from cl_bench.data import DatasetNotFoundError
+    from cl_bench.metrics import HEADLINE
     from cl_bench.results import aggregate, save_result, write_json_atomic
     from cl_bench.runner import add_intransigence, execute, result_path, result_spec
 
@@ -232,11 +231,11 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
     for setting in dict.fromkeys(r.setting for r in results):
         table = Table(title=f"{plan.name} — {setting} (mean ± std over seeds)", title_justify="left")
         table.add_column("strategy")
-        for m in (*HEADLINE, "time_s"):
+        for m in HEADLINE:
             table.add_column(m, justify="right")
         for key, stats in agg.items():
             if key.startswith(setting + "/"):
-                table.add_row(key.split("/", 1)[1], *(_fmt(stats.get(m)) for m in (*HEADLINE, "time_s")))
+                table.add_row(key.split("/", 1)[1], *(_fmt(stats.get(m)) for m in HEADLINE))
         console.print(table)
     if any(r.checks for r in results):
         from cl_bench.geometry.plots import plot_forgetting_vs_update_size, plot_predicted_vs_measured

@@ -101,7 +101,8 @@ def write_grad(params: Iterable[nn.Parameter], vec: Tensor) -> None:
 
 def layout_mask(module: nn.Module, masks: Mapping[str, Tensor]) -> Tensor:
     """Bool ``[P]`` from per-parameter bool masks keyed by the module's parameter names (absent: False)."""
-    return torch.cat([
-        (masks[n] if n in masks else torch.zeros_like(p, dtype=torch.bool)).reshape(-1)
-        for n, p in network_parameters(module)
-    ])
+    named = network_parameters(module)
+    for n, p in named:
+        if n in masks and masks[n].shape != p.shape:
+            raise ValueError(f"mask of {n} has shape {tuple(masks[n].shape)}, the parameter {tuple(p.shape)}")
+    return torch.cat([(masks[n] if n in masks else torch.zeros_like(p, dtype=torch.bool)).reshape(-1) for n, p in named])

@@ -26,19 +26,57 @@ import numpy as np
 
 from cl_bench.data.task import SETTINGS
 
-METRIC_DOCS: dict[str, str] = {
-    "acc": "final average accuracy: mean_j R[T-1][j]",
-    "acc_sample_weighted": "final accuracy weighted by test sizes: sum_j n_j R[T-1][j] / sum_j n_j",
-    "aia": "average incremental accuracy: mean_t mean_{j<=t} R[t][j]",
-    "forgetting": "Chaudhry 2018: mean_{j<T-1} (max_{j<=l<=T-2} R[l][j] - R[T-1][j])",
-    "forgetting_avalanche": "Avalanche first-minus-last: mean_{j<T-1} (R[j][j] - R[T-1][j])",
-    "forgetting_mammoth": "Mammoth: mean_{j<T-1} (max_{j<=l<=T-1} R[l][j] - R[T-1][j]), last row inside the max",
-    "bwt": "backward transfer (Lopez-Paz & Ranzato 2017): mean_{j<T-1} (R[T-1][j] - R[j][j])",
-    "fwt": "forward transfer (Lopez-Paz & Ranzato 2017): mean_{j>0} (R[j-1][j] - b[j]); undefined in class-IL",
-    "learning_acc": "learning accuracy: mean_j R[j][j]",
-    "intransigence": "Chaudhry 2018: mean_j (joint_acc[j] - R[j][j])",
-    "loss_forgetting": "mean_{j<T-1} (Ltr[T-1][j] - Ltr[j][j]), training loss",
+HIGHER, LOWER = "higher", "lower"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a metric means, which way is better, and how the terminal, reports and the regression gate use it.
+
+    ``source``: ``matrix`` (computed from the stored matrices by :func:`compute_metrics`) or ``run``
+    (a property of the whole run). ``floor``: the absolute floor of the regression gate's band
+    (None: not gated). ``headline``: a column of the terminal table and the reports.
+    """
+
+    doc: str
+    better: str
+    headline: bool = False
+    floor: float | None = None
+    source: str = "matrix"
+
+
+METRICS: dict[str, Metric] = {
+    "acc": Metric("final average accuracy: mean_j R[T-1][j]", HIGHER, True, 0.03),
+    "acc_sample_weighted": Metric(
+        "final accuracy weighted by test sizes: sum_j n_j R[T-1][j] / sum_j n_j", HIGHER),
+    "aia": Metric("average incremental accuracy: mean_t mean_{j<=t} R[t][j]", HIGHER, True, 0.03),
+    "forgetting": Metric(
+        "Chaudhry 2018: mean_{j<T-1} (max_{j<=l<=T-2} R[l][j] - R[T-1][j])", LOWER, True, 0.03),
+    "forgetting_avalanche": Metric("Avalanche first-minus-last: mean_{j<T-1} (R[j][j] - R[T-1][j])", LOWER),
+    "forgetting_mammoth": Metric(
+        "Mammoth: mean_{j<T-1} (max_{j<=l<=T-1} R[l][j] - R[T-1][j]), last row inside the max", LOWER),
+    "bwt": Metric(
+        "backward transfer (Lopez-Paz & Ranzato 2017): mean_{j<T-1} (R[T-1][j] - R[j][j])", HIGHER, True, 0.03),
+    "fwt": Metric("forward transfer (Lopez-Paz & Ranzato 2017): mean_{j>0} (R[j-1][j] - b[j]); undefined in "
+                  "class-IL", HIGHER, True, 0.05),
+    "learning_acc": Metric("learning accuracy: mean_j R[j][j]", HIGHER, True, 0.03),
+    "intransigence": Metric("Chaudhry 2018: mean_j (joint_acc[j] - R[j][j])", LOWER, True, 0.03),
+    "loss_forgetting": Metric(
+        "mean_{j<T-1} (Ltr[T-1][j] - Ltr[j][j]), training loss of the setting (nats)", LOWER, True, 0.15),
+    "time_s": Metric("wall-clock seconds of the whole run (training, consolidation, evaluation)", LOWER, True,
+                     source="run"),
+    "certificate_violations": Metric(
+        "share of certified (o, t) pairs whose measured forgetting exceeded the bound", LOWER, floor=0.05,
+        source="run"),
 }
+#: the metrics :func:`compute_metrics` derives from the matrices
+MATRIX_METRICS: tuple[str, ...] = tuple(m for m, info in METRICS.items() if info.source == "matrix")
+#: the columns of the terminal table and the reports
+HEADLINE: tuple[str, ...] = tuple(m for m, info in METRICS.items() if info.headline)
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in METRICS and METRICS[metric].better == LOWER
 
 
 @dataclass
@@ -124,7 +162,7 @@ def compute_metrics(
     train_loss: Sequence[Sequence[float]] | None = None,
     joint_acc: Sequence[float] | None = None,
 ) -> MetricReport:
-    """Every metric of :data:`METRIC_DOCS` from the stored matrices; undefined ones are
+    """Every metric of :data:`MATRIX_METRICS` from the stored matrices; undefined ones are
     ``None`` in ``values`` with the reason in ``undefined`` (never 0)."""
     if setting not in SETTINGS:
         raise ValueError(f"setting={setting!r} is not valid; choose one of {list(SETTINGS)}")

@@ -1,22 +1,27 @@
 """Strategy registry: names -> ContinualModule subclasses.
 
-Strategies live in the top-level ``strategies`` package and register
-themselves with :func:`register`; :func:`strategy_names` imports every module
-of that package once, so adding a file there is all a new method needs.
+The built-in strategies live in the top-level ``strategies`` package installed
+beside ``cl_bench`` and register themselves with :func:`register`;
+:func:`strategy_names` imports every module of that package once, so adding a
+file there is all a new method needs. A strategy defined anywhere else
+registers the same way once its module is imported; its family may be any name
+(listed after the built-in families).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 if TYPE_CHECKING:
     from cl_bench.module import ContinualModule
 
 _REGISTRY: dict[str, type[ContinualModule]] = {}
-#: listing order of the families (the mission's: baselines, local, global, isolation)
+#: listing order of the built-in families; other families follow, by name
 FAMILIES = ("baseline", "local", "global", "isolation")
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "strategies"
 T = TypeVar("T", bound="type[ContinualModule]")
 
 
@@ -36,14 +41,23 @@ def register(name: str) -> Callable[[T], T]:
 def _discover() -> None:
     import strategies
 
+    found = Path(strategies.__file__ or "").resolve().parent
+    if found != BUILTIN_DIR:
+        raise ImportError(f"{found} is imported as 'strategies' and hides cl-bench's built-in strategies "
+                          f"({BUILTIN_DIR}): rename that folder or run from another directory")
     for info in pkgutil.iter_modules(strategies.__path__):
         importlib.import_module(f"strategies.{info.name}")
 
 
+def family_rank(family: str) -> tuple[int, str]:
+    """Built-in families in their order, then any other family by name."""
+    return (FAMILIES.index(family), "") if family in FAMILIES else (len(FAMILIES), family)
+
+
 def strategy_names() -> list[str]:
-    """All registered names, by family, each family in its module's definition order."""
+    """All registered names, by family, each family in its definition order."""
     _discover()
-    return sorted(_REGISTRY, key=lambda n: FAMILIES.index(_REGISTRY[n].family))
+    return sorted(_REGISTRY, key=lambda n: family_rank(_REGISTRY[n].family))
 
 
 def get_strategy(name: str) -> type[ContinualModule]:

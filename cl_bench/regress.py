@@ -32,26 +32,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cl_bench.metrics import HIGHER, LOWER, METRICS
 from cl_bench.results import RunResult
 
 BASELINE_SCHEMA = 1
-HIGHER, LOWER, BOTH = "higher", "lower", "both"
-#: direction of each gated metric; check pass rates (``check_C<i>``) are two-sided
-DIRECTIONS: dict[str, str] = {
-    "acc": HIGHER, "aia": HIGHER, "learning_acc": HIGHER, "bwt": HIGHER, "fwt": HIGHER,
-    "forgetting": LOWER, "loss_forgetting": LOWER, "intransigence": LOWER, "certificate_violations": LOWER,
-}
+BOTH = "both"
 DEFAULT_K = 3.0
-#: absolute floors of the band: accuracy-like metrics in [0, 1], loss_forgetting in nats,
-#: check pass rates in [0, 1], certificate violations as a fraction of certified pairs
+#: absolute floors of the band: those of the gated metrics (cl_bench.metrics.METRICS), and check pass rates
 DEFAULT_FLOORS: dict[str, float] = {
-    "acc": 0.03, "aia": 0.03, "learning_acc": 0.03, "bwt": 0.03, "fwt": 0.05, "forgetting": 0.03,
-    "intransigence": 0.03, "loss_forgetting": 0.15, "certificate_violations": 0.05, "check": 0.2,
+    **{m: info.floor for m, info in METRICS.items() if info.floor is not None}, "check": 0.2,
 }
 
 
 def direction(metric: str) -> str:
-    return BOTH if metric.startswith("check_") else DIRECTIONS[metric]
+    return BOTH if metric.startswith("check_") else METRICS[metric].better
 
 
 def floor_of(metric: str, floors: dict[str, float]) -> float:
@@ -63,7 +57,7 @@ def run_metrics(result: RunResult) -> dict[str, float]:
     """The gated numbers of one run: defined headline metrics, the pass rate pass / (pass + fail)
     of each guarantee check (n/a records left out) and the share of certified (o, t) pairs whose
     measured forgetting exceeded the certified bound."""
-    out = {m: float(v) for m, v in result.metrics.items() if m in DIRECTIONS and v is not None}
+    out = {m: float(v) for m, v in result.metrics.items() if m in DEFAULT_FLOORS and v is not None}
     for cid, counts in (result.checks.get("verdicts") or {}).items():
         decided = counts.get("pass", 0) + counts.get("fail", 0)
         if decided:

@@ -442,7 +442,8 @@ class HAT(MaskedUpdates):
         pre: Tensor | None = None
         for l, (lin, _) in enumerate(self.layers):
             post = self.embeddings[task_id][l] > 0
-            masks[names[id(lin.weight)]] = post[:, None] & (pre[None, :] if pre is not None else True)
+            cols = pre if pre is not None else torch.ones(lin.in_features, dtype=torch.bool, device=post.device)
+            masks[names[id(lin.weight)]] = post[:, None] & cols[None, :]
             if lin.bias is not None:
                 masks[names[id(lin.bias)]] = post
             pre = post

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cl_bench.metrics import METRIC_DOCS, MetricReport, compute_metrics, forgetting_per_task
+from cl_bench.metrics import MATRIX_METRICS, MetricReport, compute_metrics, forgetting_per_task
 
 # R[t][j]: accuracy on task j after task t. Chosen so the three forgetting
 # definitions disagree: task 0 peaks *after* it was learnt (R[1][0] > R[0][0]:
@@ -64,7 +64,7 @@ def test_hand_computed_values():
     assert p["acc"] == pytest.approx(R[-1])
     assert p["learning_acc"] == pytest.approx([0.90, 0.80, 0.70])
     assert r.undefined == {}
-    assert set(v) == set(METRIC_DOCS)
+    assert set(v) == set(MATRIX_METRICS)
 
 
 def test_forgetting_variants_disagree_as_expected():

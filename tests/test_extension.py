@@ -1,0 +1,57 @@
+"""A strategy written outside the package, with a family of its own, through `cl-bench run` and `cl-bench list`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cl_bench.cli import main
+from cl_bench.layout import flat_params
+from cl_bench.module import ContinualModule
+from cl_bench.registry import register, strategy_names
+
+
+@dataclass
+class AnchorParams:
+    lam: float = 0.5
+
+
+@register("test_anchor")
+class Anchor(ContinualModule):
+    """Pull towards the previous task's solution: lam/2 ||theta - theta*||^2."""
+
+    family = "anchoring"
+    Params = AnchorParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("anchor", torch.zeros(0))
+
+    def penalty(self) -> Tensor | None:
+        if self.anchor.numel() == 0:
+            return None
+        theta = torch.cat([p.reshape(-1) for p in self.network()])
+        return 0.5 * self.params.lam * (theta - self.anchor).square().sum()
+
+    def after_task(self, task) -> None:
+        self.anchor = flat_params(self)
+
+
+def test_a_strategy_with_a_new_family_runs_and_is_listed(tmp_path, capsys) -> None:
+    assert strategy_names()[-1] == "test_anchor"  # an unknown family is listed after the built-in ones
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "[anchoring] Pull towards" in listing and "R[T-1][j]" in listing  # no text eaten as markup
+    rc = main(["run", "strategy=[naive,test_anchor]", "strategies.test_anchor.lam=5.0", "scenario.n_tasks=3",
+               "trainer.epochs=1", "checks.enabled=false", "sweep.workers=1", f"output.dir={tmp_path}"])
+    assert rc == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    runs = {r["label"]: r for r in results["runs"]}
+    assert runs["test_anchor"]["family"] == "anchoring"
+    assert runs["test_anchor"]["config"]["params"] == {"lam": 5.0}
+    assert len(runs["test_anchor"]["acc"]) == 3
+    # the anchor changes the training: the matrices differ from fine-tuning's on the same seed
+    assert runs["test_anchor"]["acc"] != runs["naive"]["acc"]
