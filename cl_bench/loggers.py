@@ -234,7 +234,8 @@ class RunLogger:
         """The run's record: its summary scalars (:func:`result_scalars`) to every logger (W&B: into the
         run summary), and the accuracy-matrix heatmap to W&B and TensorBoard; W&B also gets the accuracy
         and loss matrices, per-task timings / memory and the guarantee checks as tables."""
-        from cl_bench.report import acc_matrix_figure, check_rows, png_bytes
+        from cl_bench.figures import acc_matrix_figure, png_bytes
+        from cl_bench.results import check_rows
 
         self._status = result.status
         scalars = result_scalars(result)
@@ -293,7 +294,7 @@ def result_scalars(result: RunResult) -> dict[str, float]:
     out.update({f"memory/{k}": float(v) for k, v in result.peak_memory.items()})
     if result.strategy_memory_bytes:
         out["memory/strategy_bytes"] = float(result.strategy_memory_bytes[-1])
-    from cl_bench.report import check_id, check_rows
+    from cl_bench.results import check_id, check_rows
 
     rows = check_rows(result.checks)
     for (check, verdict), n in sorted(Counter((check_id(r), str(r.get("verdict"))) for r in rows).items()):

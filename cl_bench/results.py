@@ -157,3 +157,13 @@ def aggregate(results: list[RunResult]) -> dict[str, dict[str, dict[str, float |
             std = statistics.stdev(vals) if len(vals) > 1 else 0.0
             out[key][m] = {"mean": statistics.fmean(vals), "std": std, "sem": std / len(vals) ** 0.5, "n": len(vals)}
     return out
+
+
+def check_rows(checks: Any) -> list[dict[str, Any]]:
+    """Guarantee-check records: a list of dicts, or the ``records`` of a ``GeometryTracker.summary()``."""
+    rows = checks.get("records", []) if isinstance(checks, dict) else checks or []
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def check_id(row: dict[str, Any]) -> str:
+    return str(row.get("id", row.get("name", "check")))

@@ -35,6 +35,7 @@ from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig, Phase
 from cl_bench.registry import get_strategy
 from cl_bench.results import RunResult, device_info, library_versions, load_result, save_result
+from cl_bench.seeds import derive_seed
 
 #: called after each task with (spec, task index, module); tests use it to interrupt a run
 TaskCallback = Callable[[RunSpec, int, ContinualModule], None]
@@ -93,15 +94,19 @@ class Evaluator:
         ]
 
     def _pass(self, module: ContinualModule, task: Task, x: Tensor, y: Tensor, train: bool) -> tuple[float, float]:
-        correct, loss_sum, n = 0, 0.0, 0
+        """Accuracy and mean cross-entropy of the scores (test) or of the network's logits as the setting
+        evaluates them (training probe: masked to the task's classes in task-IL)."""
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        n = 0
         s = self.scenario
         for xb, yb in iterate_eval(x, y, self.batch_size, device=self.device, mean=s.mean, std=s.std):
             tb = torch.full_like(yb, task.id)
-            logits = module.train_logits(xb, tb) if train else module.eval_logits(xb, tb)
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-            correct += (logits.argmax(1) == yb).sum().item()
+            logits = module.setting_logits(xb, tb) if train else module.eval_logits(xb, tb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
+            correct += (logits.argmax(1) == yb).sum()
             n += yb.numel()
-        return correct / max(n, 1), loss_sum / max(n, 1)
+        return int(correct) / max(n, 1), float(loss_sum) / max(n, 1)
 
     @torch.no_grad()
     def __call__(self, module: ContinualModule) -> Evaluation:
@@ -226,7 +231,7 @@ def train_task(run: RunState, task: Task, task_ids: Tensor) -> int:
     spec, module, cfg = run.spec, run.module, run.trainer_cfg
     batches = TaskBatches(
         task.x_train, task.y_train, task_ids, cfg.batch_size, device=run.device,
-        seed=spec.seed * 1_000_003 + task.id, mean=run.scenario.mean, std=run.scenario.std, augment=augment_of(spec),
+        seed=derive_seed(spec.seed, task.id), mean=run.scenario.mean, std=run.scenario.std, augment=augment_of(spec),
     )
     loggers = run.run_logger.lightning_loggers() if run.run_logger is not None else None
     log_every = run.run_logger.cfg.log_every_n_steps if run.run_logger is not None else 10

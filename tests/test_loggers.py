@@ -17,7 +17,7 @@ import yaml
 
 from cl_bench.config import ConfigError, build_plan, load_config
 from cl_bench.loggers import RunLogger, flat_table, logger_config, matrix_table
-from cl_bench.report import check_rows
+from cl_bench.results import check_rows
 from cl_bench.runner import execute
 
 WANDB = str(Path(sys.executable).parent / "wandb")

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from cl_bench.cli import main
-from cl_bench.report import (
-    acc_matrix_figure, check_rows, forgetting_figure, load_results, matrices_figure, write_report,
-)
+from cl_bench.figures import acc_matrix_figure, forgetting_figure, matrices_figure
+from cl_bench.report import load_results, write_report
+from cl_bench.results import check_rows
 
 SETTINGS = ("class_il", "task_il")
 
