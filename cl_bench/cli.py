@@ -31,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--fresh", action="store_true", help="discard finished results and checkpoints and re-train")
     run.add_argument("--dry-run", action="store_true", help="validate the config and list the runs, train nothing")
-    sub.add_parser("list", help="list scenarios, strategies, models and metrics")
+    lst = sub.add_parser("list", help="list scenarios, strategies, models and metrics")
+    for cmd in (run, lst):
+        cmd.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                         help="a module of yours that registers strategies (repeatable; e.g. my_pkg.my_strategy)")
     sweep = sub.add_parser(
         "sweep",
         help="the grid of a config whose hyper-parameters are lists; --wandb writes a W&B Sweeps spec",
@@ -95,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "imports", None):
+        from cl_bench.registry import IMPORTS_ENV, import_plugins
+
+        try:
+            import_plugins(args.imports)
+        except ImportError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            return 2
+        os.environ[IMPORTS_ENV] = ",".join(args.imports)  # worker processes import them too
     if args.command == "list":
         return cmd_list()
     if args.command == "sweep":

@@ -4,14 +4,17 @@ The built-in strategies live in the top-level ``strategies`` package installed
 beside ``cl_bench`` and register themselves with :func:`register`;
 :func:`strategy_names` imports every module of that package once, so adding a
 file there is all a new method needs. A strategy defined anywhere else
-registers the same way once its module is imported; its family may be any name
-(listed after the built-in families).
+registers the same way once its module is imported (``cl-bench run --import
+my_pkg.my_module``, which worker processes inherit); its family may be any
+name (listed after the built-in families).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -38,6 +41,21 @@ def register(name: str) -> Callable[[T], T]:
     return wrap
 
 
+#: comma-separated modules imported with the built-in strategies (``cl-bench run --import``; inherited by workers)
+IMPORTS_ENV = "CL_BENCH_IMPORTS"
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import the user's modules that register strategies (found from the working directory too)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ImportError(f"--import {name}: {err}") from err
+
+
 def _discover() -> None:
     import strategies
 
@@ -47,6 +65,7 @@ def _discover() -> None:
                           f"({BUILTIN_DIR}): rename that folder or run from another directory")
     for info in pkgutil.iter_modules(strategies.__path__):
         importlib.import_module(f"strategies.{info.name}")
+    import_plugins([m for m in os.environ.get(IMPORTS_ENV, "").split(",") if m])
 
 
 def family_rank(family: str) -> tuple[int, str]:

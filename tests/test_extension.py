@@ -55,3 +55,16 @@ def test_a_strategy_with_a_new_family_runs_and_is_listed(tmp_path, capsys) -> No
     assert len(runs["test_anchor"]["acc"]) == 3
     # the anchor changes the training: the matrices differ from fine-tuning's on the same seed
     assert runs["test_anchor"]["acc"] != runs["naive"]["acc"]
+
+
+def test_import_flag_registers_a_strategy_from_the_users_folder(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "user_strategy_mod.py").write_text(
+        "from cl_bench.module import ContinualModule\nfrom cl_bench.registry import register\n\n\n"
+        "@register('user_naive')\nclass UserNaive(ContinualModule):\n    \"\"\"Fine-tuning, from the user's file.\"\"\"\n"
+        "    family = 'user'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CL_BENCH_IMPORTS", "")  # restored after the test: main() sets it for workers
+    assert main(["list", "--import", "user_strategy_mod"]) == 0
+    assert "[user] Fine-tuning, from the user's file." in capsys.readouterr().out
+    assert main(["run", "--import", "no_such_module_here"]) == 2
+    assert "--import no_such_module_here: No module named" in capsys.readouterr().err
