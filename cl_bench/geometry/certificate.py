@@ -29,8 +29,10 @@ ASSUMPTIONS = KINDS
 
 def certificate(pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """Summary of the per-pair certificates (:meth:`PairChecks.certify` outputs): counts per kind (the
-    chosen kind, and every kind whose conditions held), violations, bound / E of the certified pairs, and
-    the mean shares of E from the linear, quadratic and remainder terms."""
+    chosen kind, and every kind whose conditions held), violations, bound / E of the certified pairs
+    with E >= loss_eps (``ratio_*``, ``n_ratio*``), the certified pairs decided by the loss_eps floor
+    (``n_floor``: |E_hat| < loss_eps), and the mean shares of E from the linear, quadratic and
+    remainder terms."""
     certified = [p for p in pairs if p["certified"]]
     by_kind: dict[str, dict[str, int]] = {}
     for kind in KINDS:
@@ -45,7 +47,8 @@ def certificate(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         "kinds": list(KINDS), "pairs": pairs, "n_pairs": len(pairs), "n_certified": len(certified),
         "n_violated": n_violated, "n_certified_violated": n_violated, "by_kind": by_kind,
         "ratio_median": median(ratios) if ratios else None, "ratio_max": max(ratios) if ratios else None,
-        "n_ratio_le_1_5": sum(1 for r in ratios if r <= 1.5), "n_ratio": len(ratios), "explain": shares,
+        "n_ratio_le_1_5": sum(1 for r in ratios if r <= 1.5), "n_ratio": len(ratios),
+        "n_floor": sum(1 for p in certified if p.get("floor")), "explain": shares,
     }
 
 

@@ -79,12 +79,15 @@ class ChecksConfig:
     score_radii: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0])
     certificates: bool = True  # exact isolation / null space / Taylor bound per pair (docs/guarantees.md)
     # anchor-time Hessian-Lipschitz constant M_o and its radius r_o (Taylor and null-space certificates):
-    # q(u, r) = ||(H(theta_o* + r u) - H_o) u|| / r over the top lipschitz_eigvecs eigenvectors and
-    # lipschitz_random random unit directions u, radii lipschitz_radii; r_o = the largest radius up to
+    # q(u, r) = ||(H(theta_o* + r u) - H_o) u|| / r over directions u started at the top lipschitz_eigvecs
+    # eigenvectors, g_o and lipschitz_random random unit vectors, refined by lipschitz_power power steps;
+    # radii lipschitz_radii; r_o = the largest radius up to
     # which max q has grown by at most lipschitz_stability x its value at the smallest radius;
     # M_o = lipschitz_safety * max q over radii <= r_o
-    lipschitz_eigvecs: int = 2
-    lipschitz_random: int = 2
+    lipschitz_eigvecs: int = 1
+    lipschitz_random: int = 1
+    lipschitz_gradient: bool = True  # also start from g_o / ||g_o||
+    lipschitz_power: int = 2  # higher-order power steps u <- T[u, u, .] / ||T[u, u, .]|| per start (at r_1)
     lipschitz_radii: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
     lipschitz_stability: float = 2.0
     lipschitz_safety: float = 2.0
@@ -129,7 +132,7 @@ class ChecksConfig:
             radii = getattr(self, key)
             if not radii or any(not r > 0 for r in radii):
                 raise ValueError(f"checks.{key} must be a non-empty list of positive radii, got {radii}")
-        for key in ("score_eigvecs", "score_random", "lipschitz_eigvecs", "lipschitz_random"):
+        for key in ("score_eigvecs", "score_random", "lipschitz_eigvecs", "lipschitz_random", "lipschitz_power"):
             if getattr(self, key) < 0:
                 raise ValueError(f"checks.{key} must be >= 0, got {getattr(self, key)}")
         if self.lipschitz_stability < 1 or self.lipschitz_safety < 1:

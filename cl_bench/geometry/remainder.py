@@ -6,8 +6,11 @@ R = int_0^1 (1 - s) D^T (H(theta_o* + s D) - H_o) D ds.
 If ||H(theta_o* + w) - H_o||_2 <= M ||w|| for ||w|| <= r, then |R| <= M ||D||^3 / 6
 for ||D|| <= r. M is estimated once, at the end of task o, from products at
 points of the ball: q(u, r) = ||(H(theta_o* + r u) - H_o) u|| / r (one Hessian-vector
-product per point) for unit directions u (top eigenvectors of H_o and random
-ones) and radii r on a grid. The running maximum M(r) = max_{u, r' <= r} q(u, r')
+product per point) for unit directions u and radii r on a grid. The directions
+start at the top eigenvectors of H_o, the gradient g_o and random vectors, and
+are refined by a few steps of the higher-order power method on the third
+derivative tensor T (u <- T[u, u, .] / ||T[u, u, .]||), which climbs towards the
+direction of T's spectral norm, the constant the remainder needs at small radii. The running maximum M(r) = max_{u, r' <= r} q(u, r')
 is "stable" while it stays within ``stability`` x max(M(r_1), floor) of its
 value at the smallest radius, floor = 1000 eps ||H_o u||_max / r_1 being the
 size of a quotient made of rounding errors alone; r_o is the largest such grid
@@ -26,24 +29,6 @@ from torch import Tensor
 
 from .objective import Objective
 from .operators import HessianOperator
-
-
-def lipschitz_quotients(objective: Objective, theta: Tensor, directions: Sequence[tuple[str, Tensor]],
-                        radii: Sequence[float]) -> tuple[dict[str, list[float]], int, float]:
-    """q(u, r) for each named unit direction and radius; the number of Hessian-vector products; max ||H_o u||."""
-    h0 = HessianOperator(objective, theta)
-    out: dict[str, list[float]] = {}
-    n, h0_max = 0, 0.0
-    for name, u in directions:
-        h0u = h0.matvec(u)
-        h0_max = max(h0_max, float(h0u.norm()))
-        qs = []
-        for r in radii:
-            hr = HessianOperator(objective, theta + r * u)
-            qs.append(float((hr.matvec(u) - h0u).norm()) / r)
-            n += hr.n_matvec
-        out[name] = qs
-    return out, n + h0.n_matvec, h0_max
 
 
 def stable_constant(quotients: dict[str, list[float]], radii: Sequence[float], stability: float,
@@ -65,20 +50,60 @@ def stable_constant(quotients: dict[str, list[float]], radii: Sequence[float], s
             "stability": stability, "safety": safety, "floor": floor}
 
 
+def _quotient(objective: Objective, theta: Tensor, u: Tensor, h0u: Tensor, r: float) -> tuple[Tensor, int]:
+    """(H(theta + r u) - H_o) u / r (one Hessian-vector product at theta + r u) and the product count."""
+    hr = HessianOperator(objective, theta + r * u)
+    return (hr.matvec(u) - h0u) / r, hr.n_matvec
+
+
 def hessian_lipschitz(objective: Objective, theta: Tensor, eigvecs: Tensor, n_eig: int, n_random: int,
-                      radii: Sequence[float], stability: float, safety: float, seed: int) -> dict[str, Any]:
-    """M_o, r_o and the quotient curves at the anchor ``theta`` (see the module docstring)."""
+                      radii: Sequence[float], stability: float, safety: float, seed: int,
+                      grad: Tensor | None = None, power_iters: int = 2) -> dict[str, Any]:
+    """M_o, r_o and the quotient curves at the anchor ``theta`` (see the module docstring).
+
+    Start directions: the top ``n_eig`` eigenvectors, the gradient direction g_o / ||g_o|| (when given
+    and non-zero) and ``n_random`` random unit vectors. Each start is refined by ``power_iters`` steps
+    u <- w / ||w||, w = (H(theta + r_1 u) - H_o) u / r_1 ~ T[u, u, .] (T the third-derivative tensor):
+    the higher-order power method towards the direction of the largest ||T[u, u, .]||, the spectral norm
+    of T that bounds the remainder at small radii for every D. Each refined direction is then scanned
+    over every radius. Quotients met during the refinement count at r_1.
+    """
     gen = torch.Generator().manual_seed(seed)
-    dirs: list[tuple[str, Tensor]] = [(f"v{i + 1}", eigvecs[:, i]) for i in range(min(n_eig, eigvecs.shape[1]))]
+    starts: list[tuple[str, Tensor]] = [(f"v{i + 1}", eigvecs[:, i]) for i in range(min(n_eig, eigvecs.shape[1]))]
+    if grad is not None and float(grad.norm()) > 0:
+        starts.append(("grad", grad / grad.norm()))
     for j in range(n_random):
         u = torch.randn(theta.numel(), generator=gen, dtype=torch.float64).to(theta)
-        dirs.append((f"random{j + 1}", u / u.norm()))
-    if not dirs:
-        return {"M": math.inf, "r": 0.0, "quotients": {}, "hvp": 0, "running_max": [], "radii": list(radii)}
-    quotients, n, h0_max = lipschitz_quotients(objective, theta, dirs, radii)
-    floor = 1000 * torch.finfo(theta.dtype).eps * h0_max / min(radii)
+        starts.append((f"random{j + 1}", u / u.norm()))
+    radii = sorted(float(r) for r in radii)
+    if not starts:
+        return {"M": math.inf, "r": 0.0, "quotients": {}, "hvp": 0, "running_max": [], "radii": radii}
+    h0 = HessianOperator(objective, theta)
+    n, h0_max = 0, 0.0
+    quotients: dict[str, list[float | None]] = {}
+    for name, u in starts:
+        first: list[float] = []
+        for _ in range(power_iters):
+            h0u = h0.matvec(u)
+            h0_max = max(h0_max, float(h0u.norm()))
+            w, k = _quotient(objective, theta, u, h0u, radii[0])
+            n += k
+            first.append(float(w.norm()))
+            if not (float(w.norm()) > 0 and math.isfinite(float(w.norm()))):
+                break
+            u = w / w.norm()
+        h0u = h0.matvec(u)
+        h0_max = max(h0_max, float(h0u.norm()))
+        curve: list[float | None] = []
+        for r in radii:
+            w, k = _quotient(objective, theta, u, h0u, r)
+            n += k
+            curve.append(float(w.norm()))
+        curve[0] = max([curve[0], *first])
+        quotients[name] = curve
+    floor = 1000 * torch.finfo(theta.dtype).eps * h0_max / radii[0]
     out = stable_constant(quotients, radii, stability, safety, floor)
-    out.update(quotients=quotients, hvp=n)
+    out.update(quotients=quotients, hvp=n + h0.n_matvec)
     return out
 
 

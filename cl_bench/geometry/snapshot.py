@@ -112,7 +112,8 @@ def take_snapshot(objective: Objective, theta: Tensor, task: int, cfg: ChecksCon
         t0 = time.perf_counter()
         lip = hessian_lipschitz(objective, theta, snap.eigvecs, cfg.lipschitz_eigvecs, cfg.lipschitz_random,
                                 cfg.lipschitz_radii, cfg.lipschitz_stability, cfg.lipschitz_safety,
-                                cfg.seed + 15485863 * (task + 1))
+                                cfg.seed + 15485863 * (task + 1), grad if cfg.lipschitz_gradient else None,
+                                cfg.lipschitz_power)
         snap.lipschitz_M, snap.lipschitz_r = lip["M"], lip["r"]
         cost["hessian_lipschitz"] = {"hvp": lip.pop("hvp"), "seconds": time.perf_counter() - t0}
     snap.record = {
