@@ -153,10 +153,15 @@ class PairChecks:
 
     @property
     def remainder_bound(self) -> float | None:
-        """M_o ||D||^3 / 6 while ||D|| <= r_o (anchor-time constants); None outside r_o or without M_o."""
+        """Anchor-time bound on |R| while ||D|| <= r_o: M_o ||D||^3 / 6 for ||D|| >= r_1 (the smallest sampled
+        radius), and M_o r_1 ||D||^2 / 2 below it (no Hessian change is sampled below r_1, so its variation
+        there is bounded by the one at r_1, ||H(theta_o* + w) - H_o|| <= M_o r_1: piecewise-linear
+        activations change H in jumps, not in proportion to ||w||); None outside r_o or without M_o."""
         s = self.snap
         if not math.isfinite(s.lipschitz_M) or self.d_norm > s.lipschitz_r:
             return None
+        if self.d_norm < s.lipschitz_r1:
+            return s.lipschitz_M * s.lipschitz_r1 * self.d_norm**2 / 2
         return s.lipschitz_M * self.d_norm**3 / 6
 
     def radius_reason(self) -> str | None:

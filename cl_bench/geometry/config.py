@@ -88,7 +88,7 @@ class ChecksConfig:
     lipschitz_random: int = 1
     lipschitz_gradient: bool = True  # also start from g_o / ||g_o||
     lipschitz_power: int = 2  # higher-order power steps u <- T[u, u, .] / ||T[u, u, .]|| per start (at r_1)
-    lipschitz_radii: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
+    lipschitz_radii: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.03, 0.1, 0.3, 1.0])
     lipschitz_stability: float = 2.0
     lipschitz_safety: float = 2.0
     # Taylor-bound certificate: certified when ||D|| <= r_o and M_o ||D||^3 / 6 <= taylor_slack * |E_hat|

@@ -50,6 +50,7 @@ class Snapshot:
     isolated: Tensor | None = None  # bool [P]: parameters task o's outputs depend on, declared at its end
     lipschitz_M: float = math.inf  # anchor-time Hessian-Lipschitz estimate M_o (inf: not estimated)
     lipschitz_r: float = 0.0  # radius r_o where M_o holds (0: nowhere)
+    lipschitz_r1: float = 0.0  # smallest sampled radius r_1 (below it the variation bound applies)
 
     @property
     def lambda_1(self) -> float:
@@ -114,7 +115,7 @@ def take_snapshot(objective: Objective, theta: Tensor, task: int, cfg: ChecksCon
                                 cfg.lipschitz_radii, cfg.lipschitz_stability, cfg.lipschitz_safety,
                                 cfg.seed + 15485863 * (task + 1), grad if cfg.lipschitz_gradient else None,
                                 cfg.lipschitz_power)
-        snap.lipschitz_M, snap.lipschitz_r = lip["M"], lip["r"]
+        snap.lipschitz_M, snap.lipschitz_r, snap.lipschitz_r1 = lip["M"], lip["r"], min(cfg.lipschitz_radii)
         cost["hessian_lipschitz"] = {"hvp": lip.pop("hvp"), "seconds": time.perf_counter() - t0}
     snap.record = {
         "task": task, "n_probe": objective.n, "n_params": objective.dim, "curvature": cfg.curvature,

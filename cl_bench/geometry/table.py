@@ -89,9 +89,11 @@ def guarantee_table(results: list[RunResult]) -> Table:
     table = Table(title="guarantee checks and certificates (docs/guarantees.md): passes of the (o, t) pairs per "
                   "check (n/a in brackets); means over pairs and seeds", title_justify="left",
                   caption=LEGEND, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("strategy", "runs", "pairs", *ids, "cert", "viol", "bound/E", "kappa", "expl", "C3/rnd",
-                 "C5/rnd", "E / E_hat", "s / HVP"):
-        table.add_column(name, justify="left" if name == "strategy" else "right")
+    width = max([len("strategy"), *(len(name) for name in groups)])
+    table.add_column("strategy", justify="left", no_wrap=True, min_width=width)
+    for name in ("runs", "pairs", *ids, "cert", "viol", "bound/E", "kappa", "expl", "C3/rnd", "C5/rnd",
+                 "E / E_hat", "s / HVP"):
+        table.add_column(name, justify="right")
     for name, runs in groups.items():
         counts = verdict_counts(runs)
         c2 = [r["values"] for run in runs for r in records(run, "C2")]
