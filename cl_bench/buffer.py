@@ -114,6 +114,12 @@ class Buffer(nn.Module):
     the same shape loads any saved one.
     """
 
+    x: Tensor
+    y: Tensor
+    t: Tensor
+    logits: Tensor
+    counts: Tensor
+
     def __init__(self, capacity: int, input_shape: Sequence[int], n_logits: int = 0,
                  policy: str = "reservoir", input_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()

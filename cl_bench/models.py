@@ -10,7 +10,8 @@ Bengio 2010 uniform weights, zero biases: the DER repository's MNIST MLP).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -264,7 +265,7 @@ def reinitialise(model: nn.Module) -> None:
     model's ``init`` scheme (GDumb's retraining from scratch)."""
     for module in model.modules():
         if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+            cast(Callable[[], None], module.reset_parameters)()
     if getattr(model, "init", "default") == "xavier":
         xavier_init(model)
 

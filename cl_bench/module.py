@@ -135,6 +135,7 @@ class ContinualModule(L.LightningModule):
     Params: ClassVar[type] = NoParams
     #: submodules that are frozen copies of the network (teachers): outside the parameter layout
     frozen_copies: ClassVar[tuple[str, ...]] = ()
+    class_mask: Tensor  # registered buffer [T, n_outputs]
 
     def __init__(
         self,

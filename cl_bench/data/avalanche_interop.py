@@ -14,14 +14,14 @@ sorted training classes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .sources import channel_stats
-from .task import SETTINGS, Scenario, Task
+from .task import SETTINGS, Scenario, Setting, Task
 
 
 def _materialise(dataset: Any, batch_size: int) -> tuple[Tensor, Tensor]:
@@ -74,5 +74,5 @@ def scenario_from_avalanche(benchmark: Any, setting: str, name: str, batch_size:
         tasks.append(Task(id=t, classes=classes.tolist(), x_train=x_train[t], y_train=y_tr,
                           x_test=x_test[t], y_test=y_te))
     n_outputs = max(len(task.classes) for task in tasks) if setting == "domain_il" else n_classes
-    return Scenario(name=name, setting=setting, tasks=tasks, n_outputs=n_outputs,
+    return Scenario(name=name, setting=cast(Setting, setting), tasks=tasks, n_outputs=n_outputs,
                     input_shape=tuple(x_train[0].shape[1:]), mean=mean, std=std)

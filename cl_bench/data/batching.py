@@ -9,7 +9,7 @@ permutation (and augmentation) from a generator seeded by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,7 @@ def _norm_stats(mean: Sequence[float] | None, std: Sequence[float] | None,
         return None
     if mean is None or std is None or len(mean) != len(std):
         raise ValueError(f"mean and std must both be given with one value per channel, got {mean} / {std}")
-    to = dict(dtype=torch.float32, device=device)
+    to: dict[str, Any] = dict(dtype=torch.float32, device=device)
     return torch.tensor(mean, **to).view(1, -1, 1, 1), torch.tensor(std, **to).view(1, -1, 1, 1)
 
 
@@ -130,7 +130,7 @@ class TaskBatches:
             idx = order[sl]
             xb = self.x[idx]
             if draws is not None:
-                xb = self.augment.apply(xb, draws[0][sl], draws[1][sl])
+                xb = cast(Augment, self.augment).apply(xb, draws[0][sl], draws[1][sl])
             yield to_float(xb, self.stats), self.y[idx], self.t[idx]
 
 

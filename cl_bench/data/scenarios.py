@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast, overload
 
 import torch
 from torch import Tensor
@@ -21,7 +21,7 @@ from cl_bench.seeds import generator
 
 from .batching import Augment
 from .sources import SOURCE_INFO, Source, load_source, source_num_classes, stratified_split
-from .task import SETTINGS, Scenario, Task
+from .task import SETTINGS, Scenario, Setting, Task
 
 SCENARIO_KINDS: dict[str, str] = {
     "split": "disjoint groups of classes, one group per task (Split-MNIST; Zenke et al. 2017)",
@@ -44,7 +44,7 @@ class ScenarioConfig:
     name: str
     kind: str
     source: str
-    setting: str
+    setting: Setting
     n_tasks: int
     classes_per_task: int | None
     class_order: tuple[int, ...]
@@ -62,7 +62,15 @@ def _err(key: str, msg: str) -> ValueError:
     return ValueError(f"scenario.{key}: {msg}")
 
 
-def _int(cfg: Mapping[str, Any], key: str, default: Any, minimum: int) -> int | None:
+@overload
+def _int(cfg: Mapping[str, Any], key: str, default: int, minimum: int) -> int: ...
+
+
+@overload
+def _int(cfg: Mapping[str, Any], key: str, default: None, minimum: int) -> int | None: ...
+
+
+def _int(cfg: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int | None:
     value = cfg.get(key, default)
     if value is None:
         return None
@@ -127,6 +135,7 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
         raise _err("setting", f"unknown setting {setting!r}; valid settings: {', '.join(SETTINGS)}")
     n_classes = source_num_classes(source)
     n_tasks = _int(cfg, "n_tasks", None, 1)
+    assert n_tasks is not None  # required above
     seed = _int(cfg, "seed", 0, 0)
     cpt = _int(cfg, "classes_per_task", None, 1)
     if kind == "split":
@@ -137,7 +146,7 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
                                            f"{n_classes} classes of {source}")
     elif cpt is not None:
         raise _err("classes_per_task", f"applies only to kind=split (every {kind} task has all classes)")
-    needed = cpt * n_tasks if kind == "split" else n_classes
+    needed = cast(int, cpt) * n_tasks if kind == "split" else n_classes
     angle_range = cfg.get("angle_range", None)
     angle_range = (0.0, 180.0) if angle_range is None else tuple(angle_range)
     if len(angle_range) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in angle_range) \
@@ -212,16 +221,19 @@ def _take(v: Tensor, idx: Tensor | None, copy: bool) -> Tensor:
 
 def _transforms(spec: ScenarioConfig, src: Source) -> list[Callable[[Tensor], Tensor]]:
     """The per-task input transform: a pixel permutation, a rotation, or none."""
+    # a default argument binds each task's permutation / angle (mypy cannot infer such lambdas: ignore[misc])
     if spec.kind == "permuted":
         perms = task_permutations(spec.seed, spec.n_tasks, math.prod(src.input_shape[1:]), spec.first_identity)
-        return [lambda x, p=p: permute_pixels(x, p) for p in perms]
+        return [lambda x, p=p: permute_pixels(x, p) for p in perms]  # type: ignore[misc]
     if spec.kind == "rotated":
-        return [lambda x, a=a: rotate(x, a) for a in rotation_angles(spec.seed, spec.n_tasks, spec.angle_range)]
+        return [lambda x, a=a: rotate(x, a)  # type: ignore[misc]
+                for a in rotation_angles(spec.seed, spec.n_tasks, spec.angle_range)]
     return [lambda x: x] * spec.n_tasks
 
 
 def _task(spec: ScenarioConfig, src: Source, t: int, transform: Callable[[Tensor], Tensor]) -> Task:
     if spec.kind == "split":
+        assert spec.classes_per_task is not None  # required for kind=split
         classes = list(spec.class_order[t * spec.classes_per_task:(t + 1) * spec.classes_per_task])
         wanted = torch.tensor(classes)
         train_idx = torch.isin(src.y_train, wanted).nonzero().squeeze(1)
@@ -267,7 +279,8 @@ def build_scenario(cfg: Mapping[str, Any], root: str | os.PathLike | None = None
     spec = parse_scenario_cfg(cfg)
     src = load_source(spec.source, root, download)
     tasks = [_task(spec, src, t, f) for t, f in enumerate(_transforms(spec, src))]
-    n_outputs = spec.classes_per_task if spec.setting == "domain_il" and spec.kind == "split" else src.n_classes
+    n_outputs = cast(int, spec.classes_per_task) if spec.setting == "domain_il" and spec.kind == "split" \
+        else src.n_classes
     mean, std = (src.mean, src.std) if spec.normalize else ((), ())
     return Scenario(name=spec.name, setting=spec.setting, tasks=tasks, n_outputs=n_outputs,
                     input_shape=src.input_shape, mean=mean, std=std)

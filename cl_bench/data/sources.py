@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -150,7 +150,7 @@ def _mnist_like(class_name: str, name: str) -> Callable[[Path, bool, bool], Sour
     return load
 
 
-def _without_md5(cls: type) -> type:
+def _without_md5(cls: type[Any]) -> type:
     """Subclass of a torchvision CIFAR class whose files are checked for presence only.
 
     torchvision verifies every CIFAR file against the md5 of the official
