@@ -318,7 +318,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         print("error: pass --config or --experiment, not both", file=sys.stderr)
         return 2
     if args.config or any(o.startswith("experiment=") for o in args.overrides):
-        jobs = [[]]
+        jobs: list[list[str]] = [[]]
     else:
         names = args.experiment or sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("baseline_*.yaml"))
         jobs = [[f"experiment={n}"] for n in names]

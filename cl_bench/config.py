@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -129,11 +129,11 @@ def _group_file(group: str, name: str) -> Path:
 def _resolve_group(group: str, value: Any) -> DictConfig:
     """A group value (file name or mapping with optional ``_base``) -> mapping."""
     if isinstance(value, str):
-        return OmegaConf.load(_group_file(group, value))
+        return cast(DictConfig, OmegaConf.load(_group_file(group, value)))
     if isinstance(value, DictConfig):
         base = value.get("_base")
-        rest = OmegaConf.masked_copy(value, [k for k in value if k != "_base"])
-        return OmegaConf.merge(OmegaConf.load(_group_file(group, base)), rest) if base else rest
+        rest = OmegaConf.masked_copy(value, cast(list[str], [k for k in value if k != "_base"]))
+        return cast(DictConfig, OmegaConf.merge(OmegaConf.load(_group_file(group, base)), rest)) if base else rest
     raise ConfigError(f"{group} must be a name from configs/{group}/ or a mapping, got {value!r}")
 
 
@@ -153,7 +153,7 @@ def _parse_overrides(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
 def load_config(overrides: list[str] | None = None, config_file: str | None = None) -> DictConfig:
     """Compose the experiment configuration (no validation beyond group names)."""
     selections, fields = _parse_overrides(list(overrides or []))
-    cfg = OmegaConf.load(CONFIG_DIR / "default.yaml")
+    cfg = cast(DictConfig, OmegaConf.load(CONFIG_DIR / "default.yaml"))
     experiment = selections.pop("experiment", None)
     layers: list[Any] = []
     if experiment:
@@ -167,7 +167,7 @@ def load_config(overrides: list[str] | None = None, config_file: str | None = No
         for key in (*GROUPS, "strategy"):
             if key in layer:
                 cfg[key] = None
-        cfg = OmegaConf.merge(cfg, layer)
+        cfg = cast(DictConfig, OmegaConf.merge(cfg, layer))
     cfg.scenario = _resolve_group("scenario", cfg.scenario)
     suggested = cfg.scenario.pop("model", None)  # a scenario names the model its protocol uses
     if cfg.model is None:
@@ -177,7 +177,7 @@ def load_config(overrides: list[str] | None = None, config_file: str | None = No
     cfg.model = _resolve_group("model", cfg.model)
     cfg.strategies = _resolve_strategies(cfg)
     try:
-        cfg = OmegaConf.merge(cfg, fields)
+        cfg = cast(DictConfig, OmegaConf.merge(cfg, fields))
     except OmegaConfBaseException as err:
         raise ConfigError(f"override: {err}") from err
     unknown = sorted(set(cfg) - set(TOP_LEVEL_KEYS))

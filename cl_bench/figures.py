@@ -7,7 +7,7 @@ display backends are never touched, so figures render in workers and CI.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 from matplotlib import colormaps
@@ -24,7 +24,9 @@ def draw_matrix(ax: Axes, matrix: np.ndarray, title: str, row_labels: Sequence[s
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after training task t")
     ax.set_xticks(range(cols))
-    ax.set_yticks(range(rows), labels=list(row_labels) if row_labels is not None else range(rows))
+    labels = list(row_labels) if row_labels is not None else range(rows)
+    # matplotlib's stubs type tick labels as str; it takes any object (labelled by str())
+    ax.set_yticks(range(rows), labels=labels)  # type: ignore[arg-type]
     size = 9 if cols <= 6 else 7 if cols <= 10 else 0
     if size:
         for (i, j), v in np.ndenumerate(matrix):
@@ -62,7 +64,9 @@ def matrices_figure(mats: dict[str, np.ndarray], title: str) -> Figure:
 def y_floor(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
     """Lower end of the forgetting curves' y axis: 0, or a multiple of 0.1 below every trained point's mean - std
     once all of them are >= 0.5 (task-IL curves near 1 stay readable; the pre-training parts are then clipped)."""
-    lowest = min(float((m - s)[np.tri(*m.shape, dtype=bool)].min()) for m, s in curves.values())  # t >= j
+    # mask t >= j; numpy's stubs refuse dtype=bool for np.tri, which builds it as a boolean array
+    lowest = min(float((m - s)[np.tri(*m.shape, dtype=bool)].min())  # type: ignore[type-var]
+                 for m, s in curves.values())
     return 0.0 if lowest < 0.5 else float(np.floor(lowest * 10) / 10)
 
 
@@ -80,7 +84,8 @@ def forgetting_figure(
     low = y_floor(curves)
     fig = Figure(figsize=(2.6 * n_tasks + 2.2, 2.4 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), n_tasks, squeeze=False, sharex=True, sharey=True)
-    palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]  # grey is for the references
+    # tab10 is a ListedColormap (typed as a Colormap, which has no .colors)
+    palette = [c for i, c in enumerate(cast(Any, colormaps["tab10"]).colors) if i != 7]  # grey is for the references
     for axrow, family in zip(axes, rows):
         own = [lb for lb in curves if families.get(lb, "") == family and lb not in refs]
         styles = {lb: {"color": str(0.45 * i), "ls": "--", "lw": 1.2, "marker": "o"} for i, lb in enumerate(refs)}

@@ -20,9 +20,10 @@ import io
 import json
 import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
@@ -101,7 +102,7 @@ class _TaskSteps:
 
     steps_before: int = 0
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         super().log_metrics(metrics, None if step is None else self.steps_before + step)  # type: ignore[misc]
 
 
@@ -154,7 +155,7 @@ class RunLogger:
         if "wandb" in cfg.use:
             self.wandb = self._build_wandb((state or {}).get("wandb_id"))
         for lg in self.loggers:
-            lg.steps_before = self.steps
+            cast(_TaskSteps, lg).steps_before = self.steps
             lg.log_hyperparams(self.config())
 
     def _dir(self, configured: str | None, default: str) -> str:
@@ -223,7 +224,7 @@ class RunLogger:
             raise ValueError(f"log_task_end: task index t={t} outside 0..{len(acc_row) - 1}")
         self.steps += int(steps)
         for lg in self.loggers:
-            lg.steps_before = self.steps
+            cast(_TaskSteps, lg).steps_before = self.steps
         scalars: dict[str, float] = {"tasks_trained": t + 1, "eval/acc_seen": sum(acc_row[: t + 1]) / (t + 1)}
         scalars.update({f"eval/acc_task{j}": float(a) for j, a in enumerate(acc_row)})
         scalars.update({f"eval/loss_task{j}": float(v) for j, v in enumerate(loss_row)})
@@ -254,15 +255,16 @@ class RunLogger:
         run = self.wandb.experiment
         run.summary.update({**scalars, "status": result.status, "error": result.error or ""})
         run.summary.update({f"metrics_undefined/{k}": why for k, why in result.metrics_undefined.items()})
+        # wandb.Table types its columns as an invariant list[str | int], so a list[str] needs ignore[arg-type]
         tables: dict[str, Any] = {}
         if heatmap is not None:
-            tables["acc_matrix"] = wandb.Table(*matrix_table(result.acc, joint))
-            tables["loss_matrix"] = wandb.Table(*matrix_table(result.loss, joint))
+            tables["acc_matrix"] = wandb.Table(*matrix_table(result.acc, joint))  # type: ignore[arg-type]
+            tables["loss_matrix"] = wandb.Table(*matrix_table(result.loss, joint))  # type: ignore[arg-type]
             tables["acc_matrix_heatmap"] = wandb.Image(Image.open(io.BytesIO(heatmap)), caption="accuracy matrix")
-            tables["timings"] = wandb.Table(*timings_table(result))
+            tables["timings"] = wandb.Table(*timings_table(result))  # type: ignore[arg-type]
         rows = check_rows(result.checks)
         if rows:
-            tables["checks"] = wandb.Table(*flat_table(rows))
+            tables["checks"] = wandb.Table(*flat_table(rows))  # type: ignore[arg-type]
         if tables:
             run.log(tables)
 

@@ -42,7 +42,7 @@ def _mean_std(mats: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- markdown
-def _table(header: Sequence[str], rows: list[Sequence[Any]], numeric: bool = False) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: bool = False) -> str:
     """A Markdown table; ``numeric``: every column but the first right-aligned."""
     align = ["---"] + ["---:" if numeric else "---"] * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cl_bench.config import CONFIG_DIR, ConfigError
 from cl_bench.results import RunResult
@@ -31,7 +31,7 @@ def load_spec(path: Path = DEFAULT_SPEC) -> dict[str, Any]:
 
     if not Path(path).exists():
         raise ConfigError(f"reproduction spec {path} not found")
-    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    spec = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     unknown = sorted(set(spec) - {"tolerance", "min_seeds", "experiments", "notes"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: tolerance, min_seeds, experiments, notes")
@@ -147,7 +147,7 @@ def rows_of(name: str, entry: dict[str, Any], results: list[RunResult], n_seeds:
     rows = []
     for label, published in entry["published"].items():
         for setting, value in published.items():
-            accs = [100.0 * r.metrics[entry["metric"]] for r in results
+            accs = [100.0 * cast(float, r.metrics[entry["metric"]]) for r in results
                     if r.label == label and r.setting == setting and r.status == "ok"]
             rows.append(Row(name, label, setting, float(value), accs, n_seeds, float(spec["tolerance"]),
                             spec["notes"].get(f"{name}/{label}/{setting}")))
@@ -184,7 +184,7 @@ def render(rows: list[Row], entries: dict[str, dict[str, Any]], spec_path: Path,
         out.append("")
     noted = [r for r in rows if r.note and r.values]
     if noted:
-        out += ["## Notes", ""] + [f"- **{r.experiment} / {r.label} / {r.setting}**: {r.note.strip()}" for r in noted] + [""]
+        out += ["## Notes", ""] + [f"- **{r.experiment} / {r.label} / {r.setting}**: {cast(str, r.note).strip()}" for r in noted] + [""]
     if missing:
         out += ["## Not run yet", "", "No finished run for these published rows (run `cl-bench reproduce` without "
                 "`--no-train`, or `cl-bench run experiment=NAME strategy=[LABEL]`):", ""]

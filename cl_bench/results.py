@@ -149,8 +149,8 @@ def aggregate(results: list[RunResult]) -> dict[str, dict[str, dict[str, float |
         names = {m for r in runs for m in r.metrics} | {"time_s"}
         out[key] = {}
         for m in sorted(names):
-            vals = [r.timings.get("total") if m == "time_s" else r.metrics.get(m) for r in runs]
-            vals = [float(v) for v in vals if v is not None]
+            raw = [r.timings.get("total") if m == "time_s" else r.metrics.get(m) for r in runs]
+            vals = [float(v) for v in raw if v is not None]
             if not vals:
                 out[key][m] = {"mean": None, "std": None, "sem": None, "n": 0}
                 continue

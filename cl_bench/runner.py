@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -141,7 +141,7 @@ def make_trainer(
         devices=cfg.devices,
         strategy=cfg.strategy,
         num_nodes=cfg.num_nodes,
-        precision=cfg.precision,
+        precision=cast(Any, cfg.precision),  # a string the Trainer validates (typed as its literals)
         deterministic=cfg.deterministic,
         callbacks=callbacks,
         num_sanity_val_steps=0,

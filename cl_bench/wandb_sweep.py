@@ -41,7 +41,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -75,7 +75,7 @@ def _optimizer_config() -> type:
 
 
 def _axis(key: str, values: ListConfig) -> list[Any]:
-    vals = OmegaConf.to_container(values, resolve=True)
+    vals = cast(list[Any], OmegaConf.to_container(values, resolve=True))
     if not vals:
         raise ConfigError(f"{key}: an empty list is no sweep axis; give one or more values")
     bad = [v for v in vals if not isinstance(v, SCALARS)]
@@ -144,7 +144,7 @@ def apply_grid(cfg: DictConfig) -> DictConfig:
         if clash:
             raise ConfigError(f"both {clash[0]} and {prefix}{clash[0]} are sweep axes; keep one of them")
         grid = {**shared, **own}  # keys relative to the strategy's entry
-        base = OmegaConf.to_container(cfg.strategies[label], resolve=False)
+        base = cast(dict[str, Any], OmegaConf.to_container(cfg.strategies[label], resolve=False))
         if not grid:
             labels.append(label)
             entries[label] = base
@@ -163,7 +163,7 @@ def apply_grid(cfg: DictConfig) -> DictConfig:
 
 # ---------------------------------------------------------------- W&B Sweeps
 def _settings(cfg: DictConfig) -> list[str]:
-    settings = OmegaConf.to_container(cfg.settings) if isinstance(cfg.settings, ListConfig) else cfg.settings
+    settings: Any = OmegaConf.to_container(cfg.settings) if isinstance(cfg.settings, ListConfig) else cfg.settings
     return list(settings) if isinstance(settings, list) else [settings or cfg.scenario.get("setting", "class_il")]
 
 
