@@ -1,13 +1,13 @@
-"""Cost of the curvature snapshot: top-10 Hessian eigenpairs of the 2x400 MLP on 2000 MNIST probes (issue 5).
+"""Cost of the curvature snapshot: top-10 Hessian eigenpairs of the 2x400 MLP on 2000 MNIST probes.
 
 Three numbers, on the same model, probes and device:
 1. cl-bench Lanczos (``cl_bench.geometry.lanczos`` on ``HessianOperator``): seconds, products, convergence;
 2. the same number of Hessian-vector products alone (target: Lanczos <= 1.5x this);
 3. curvlinops ``HessianLinearOperator`` + ``scipy.sparse.linalg.eigsh(which="LA")`` on the same Hessian.
 The MLP is first trained briefly on Split-MNIST task 0 (digits 0/1), so its Hessian has the usual outliers.
-Without MNIST files (``CL_BENCH_DATA``) it falls back to digit-shaped random data and says so.
+Without MNIST files (``CL_BENCH_DATA``: the folder holding ``MNIST/raw``) it falls back to digit-shaped random data and says so.
 
-    CL_BENCH_DATA=/work/shared/datasets uv run python benchmarks/geometry_cost.py [--threads 1] [--device cpu]
+    CL_BENCH_DATA=$CL_BENCH_DATA uv run python benchmarks/geometry_cost.py [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ initial weights) in one process, on the same in-memory tensors unless
   ``Normalize`` by MNIST's mean and std, where this protocol feeds pixels / 255),
   i.e. what an Avalanche user runs.
 
-    CL_BENCH_DATA=../shared/datasets uv run python -m benchmarks.replay_vs_avalanche --seeds 0 1 2
+    CL_BENCH_DATA=$CL_BENCH_DATA uv run python -m benchmarks.replay_vs_avalanche --seeds 0 1 2
+
+(CL_BENCH_DATA: the folder holding MNIST/raw.)
 """
 
 from __future__ import annotations

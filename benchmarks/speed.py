@@ -13,7 +13,9 @@ SGD lr 0.01 momentum 0.9, every task evaluated after every task. ``--strategy``:
 The three implementations train the same network on the same tensors in the
 same process; times are medians over ``--repeats`` after a warm-up.
 
-    CL_BENCH_DATA=../shared/datasets uv run python benchmarks/speed.py --strategy naive
+    CL_BENCH_DATA=$CL_BENCH_DATA uv run python benchmarks/speed.py --strategy naive
+
+(CL_BENCH_DATA: the folder holding MNIST/raw.)
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Fisher F <- gamma F + F_t with F_t = sum_i p(y_i|x_i) g_i^2 / (len(loader) * bat
 No cl-bench code is used: it checks that the gap between our oEWC P-MNIST row and the DER paper's
 (reports/reproduction.md) is not in cl-bench's code. 1 torch thread, about 15 min on a 2-core CPU.
 
-    CL_BENCH_DATA=../shared/datasets uv run python reports/verification/oewc_pmnist_raw.py SEED LAMBDA
+    CL_BENCH_DATA=$CL_BENCH_DATA uv run python reports/verification/oewc_pmnist_raw.py SEED LAMBDA
+
+(CL_BENCH_DATA: the folder holding MNIST/raw.)
 """
 import os, sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.func import functional_call, vmap, grad
