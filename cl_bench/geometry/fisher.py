@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
+from cl_bench.layout import flatten
 from cl_bench.models import MultiHead
 
 FISHER_KINDS: tuple[str, ...] = ("exact", "sampled", "empirical", "empirical_weighted", "batch")
@@ -67,11 +68,6 @@ class TaskOutputs(nn.Module):
 def trainable(model: nn.Module) -> dict[str, Tensor]:
     """Detached views of the trainable parameters, by name, in the flat order."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def flatten(tensors: dict[str, Tensor], batch_dims: int = 0) -> Tensor:
-    """Concatenate per-parameter tensors ``[*batch, *shape]`` into ``[*batch, P]``."""
-    return torch.cat([t.flatten(batch_dims) for t in tensors.values()], dim=batch_dims)
 
 
 def unflatten(theta: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
