@@ -2,7 +2,7 @@
 
 Under (A1) past solutions are minima and (A2) the quadratic model holds, the
 forgetting of task o is E_o = 1/2 D^T H_o D with D = theta_t - theta_o*
-(GEOMETRY.md): zero iff H_o D = 0. Every method here keeps the updates in (an
+(docs/guarantees.md): zero iff H_o D = 0. Every method here keeps the updates in (an
 approximation of) that null space:
 
 - masks (PackNet, HAT): the coordinates a past task reads are frozen, and in
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +43,7 @@ from torch.func import functional_call
 from cl_bench.data import Scenario, Task, iterate_eval
 from cl_bench.geometry import lanczos, make_operator, module_objective
 from cl_bench.layout import flat_params, flatten, layout_mask, unflatten
-from cl_bench.models import MLP, MultiHead
+from cl_bench.models import MLP, Backbone, MultiHead
 from cl_bench.module import ContinualModule, OptimizerConfig, Phase, eval_mode
 from cl_bench.registry import register
 
@@ -188,6 +188,7 @@ class PackNet(MaskedUpdates):
     """
 
     Params: ClassVar[type] = PackNetParams
+    n_learned: Tensor  # registered buffer: number of tasks learned (long scalar)
 
     def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
                  optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
@@ -211,7 +212,7 @@ class PackNet(MaskedUpdates):
 
     # ------------------------------------------------------------------ inference
     def task_weights(self, j: int) -> dict[str, Tensor]:
-        """theta * 1[0 <= owner <= j] per parameter: the weights task j was trained with."""
+        """The weights task j was trained with: theta * 1[0 <= owner <= j] per parameter."""
         return {n: p * ((self.owner(n) >= 0) & (self.owner(n) <= j)) for n, p in self.backbone.named_parameters()}
 
     def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
@@ -229,7 +230,7 @@ class PackNet(MaskedUpdates):
                 return z
             out = z.new_empty(x.shape[0], z.shape[1]) if out is None else out
             out[rows] = z
-        return out
+        return cast(Tensor, out)
 
     def train(self, mode: bool = True) -> PackNet:
         """BatchNorm running statistics are fixed after the first task (Sec. 3)."""
@@ -340,6 +341,7 @@ class HAT(MaskedUpdates):
     """
 
     Params: ClassVar[type] = HATParams
+    backbone: MLP  # checked by __init__
 
     def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
                  optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
@@ -347,7 +349,7 @@ class HAT(MaskedUpdates):
             raise ValueError(f"hat gates the hidden units of an MLP (model.name=mlp); the {type(backbone).__name__} "
                              "backbone is not supported")
         super().__init__(backbone, scenario, params, optimizer, mask_train_logits or scenario.setting == "task_il")
-        body = list(backbone.body)[1:]  # [Flatten, Linear, act, Linear, act, ...]
+        body: list[Any] = list(backbone.body)[1:]  # [Flatten, Linear, act, Linear, act, ...]
         self.layers: list[tuple[nn.Linear, nn.Module]] = list(zip(body[0::2], body[1::2]))
         widths = [lin.out_features for lin, _ in self.layers]
         self.embeddings = nn.ModuleList(
@@ -362,13 +364,13 @@ class HAT(MaskedUpdates):
 
     # ---------------------------------------------------------------------- gates
     def anneal(self, b: int, n_batches: int) -> float:
-        """s = 1/s_max + (s_max - 1/s_max) (b - 1)/(B - 1) for batch b = 1..B of the epoch."""
+        """The gate scale s = 1/s_max + (s_max - 1/s_max) (b - 1)/(B - 1) for batch b = 1..B of the epoch."""
         s_max = self.params.s_max
         return s_max if n_batches <= 1 else 1 / s_max + (s_max - 1 / s_max) * (b - 1) / (n_batches - 1)
 
     def gate(self, t: int, l: int) -> Tensor:
         """a_l^t = sigmoid(s e_l^t) in training; the hard mask 1[e_l^t > 0] otherwise."""
-        e = self.embeddings[t][l]
+        e = cast(nn.ParameterList, self.embeddings[t])[l]
         return torch.sigmoid(self._s * e) if self.training else (e > 0).to(e.dtype)
 
     def gates(self, task_ids: Tensor) -> list[Tensor]:
@@ -393,11 +395,11 @@ class HAT(MaskedUpdates):
         return super().training_step(batch, batch_idx)
 
     def penalty(self) -> Tensor:
-        """c * sum a^t (1 - a^{<t}) / sum (1 - a^{<t}), summed over layers and units."""
+        """The capacity term c * sum a^t (1 - a^{<t}) / sum (1 - a^{<t}), summed over layers and units."""
         t = self.current_task
         free = [1 - self.cum(l) for l in range(len(self.layers))]
         used = sum((self.gate(t, l) * f).sum() for l, f in enumerate(free))
-        return self.params.c * used / sum(f.sum() for f in free).clamp_min(1.0)
+        return self.params.c * used / cast(Tensor, sum(f.sum() for f in free)).clamp_min(1.0)
 
     def update_masks(self) -> dict[str, Tensor]:
         """1 - min(a^{<t}_{l,i}, a^{<t}_{l-1,j}) > 0 per weight, 1 - a^{<t}_{l,i} > 0 per bias."""
@@ -421,14 +423,14 @@ class HAT(MaskedUpdates):
     def transform_gradients(self) -> None:
         super().transform_gradients()  # the weight-gradient conditioning
         s, s_max = self._s, self.params.s_max
-        for e in self.embeddings[self.current_task]:
+        for e in cast(nn.ParameterList, self.embeddings[self.current_task]):
             if e.grad is not None:  # q' = s_max [cosh(s e) + 1] / (s [cosh(e) + 1]) q
                 e.grad.mul_(s_max * (torch.cosh((s * e.detach()).clamp(-COSH_CLAMP, COSH_CLAMP)) + 1)
                             / (s * (torch.cosh(e.detach()) + 1)))
 
     def transform_update(self, params: list[nn.Parameter], before: list[Tensor]) -> None:
         super().transform_update(params, before)
-        for e in self.embeddings[self.current_task]:
+        for e in cast(nn.ParameterList, self.embeddings[self.current_task]):
             e.clamp_(-self.params.embedding_clamp, self.params.embedding_clamp)
 
     @torch.no_grad()
@@ -441,7 +443,7 @@ class HAT(MaskedUpdates):
         masks: dict[str, Tensor] = {}
         pre: Tensor | None = None
         for l, (lin, _) in enumerate(self.layers):
-            post = self.embeddings[task_id][l] > 0
+            post = cast(nn.ParameterList, self.embeddings[task_id])[l] > 0
             cols = pre if pre is not None else torch.ones(lin.in_features, dtype=torch.bool, device=post.device)
             masks[names[id(lin.weight)]] = post[:, None] & cols[None, :]
             if lin.bias is not None:
@@ -452,10 +454,10 @@ class HAT(MaskedUpdates):
             masks.update({names[id(p)]: torch.ones_like(p, dtype=torch.bool) for p in head.heads[task_id].parameters()})
         else:
             rows = self.class_mask[task_id]
-            masks[names[id(head.weight)]] = rows[:, None] & pre[None, :]
+            masks[names[id(head.weight)]] = rows[:, None] & cast(Tensor, pre)[None, :]
             if head.bias is not None:
                 masks[names[id(head.bias)]] = rows
-        for l, e in enumerate(self.embeddings[task_id]):
+        for l, e in enumerate(cast(nn.ParameterList, self.embeddings[task_id])):
             masks[f"embeddings.{task_id}.{l}"] = torch.ones_like(e, dtype=torch.bool)
         return layout_mask(self, masks)
 
@@ -463,7 +465,7 @@ class HAT(MaskedUpdates):
     def after_task(self, task: Task) -> None:
         """a^{<=t} = max(a^{<t}, 1[e^t > 0])."""
         for l in range(len(self.layers)):
-            self.cum(l).copy_(torch.maximum(self.cum(l), (self.embeddings[task.id][l] > 0).to(self.cum(l).dtype)))
+            self.cum(l).copy_(torch.maximum(self.cum(l), (cast(nn.ParameterList, self.embeddings[task.id])[l] > 0).to(self.cum(l).dtype)))
 
     def state_bytes(self) -> int:
         """Cumulative masks plus every task's embeddings."""
@@ -516,13 +518,15 @@ class ProjectedUpdates(ContinualModule):
         return self.projected_parameters() if self.params.project == "update" and self.has_basis() else []
 
     def transform_update(self, params: list[nn.Parameter], before: list[Tensor]) -> None:
-        """d <- (I - P) d for the step's parameter change d."""
+        """The step's parameter change d <- (I - P) d."""
         for p, b, d in zip(params, before, self.project([p - b for p, b in zip(params, before)])):
             p.copy_(b + d)
 
 
 class FlatProjection(ProjectedUpdates):
     """P = V V^T, V [P, K] (buffer ``basis``) orthonormal over the flat vector of every backbone parameter."""
+
+    basis: Tensor
 
     def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
                  optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
@@ -668,7 +672,7 @@ class GPM(ProjectedUpdates):
                              "layers, which would need patch representations")
         super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
         self.data_mean, self.data_std = scenario.mean, scenario.std
-        self.layers = [m for m in backbone.body.modules() if isinstance(m, nn.Linear)]
+        self.layers = [m for m in cast(Backbone, backbone).body.modules() if isinstance(m, nn.Linear)]
         if isinstance(backbone.head, nn.Linear):
             self.layers.append(backbone.head)
         for l, lin in enumerate(self.layers):
@@ -678,7 +682,7 @@ class GPM(ProjectedUpdates):
         return getattr(self, f"basis_{l}")
 
     def projected_parameters(self) -> list[nn.Parameter]:
-        return [p for lin in self.layers for p in (lin.weight, lin.bias) if p is not None]
+        return cast(list[nn.Parameter], [p for lin in self.layers for p in (lin.weight, lin.bias) if p is not None])
 
     def has_basis(self) -> bool:
         return any(self.basis(l).shape[1] > 0 for l in range(len(self.layers)))
@@ -764,7 +768,7 @@ class OrthogonalSGDParams(ProjectionParams):
 @register("orthogonal_sgd")
 class OrthogonalSGD(FlatProjection):
     """Projection off the top-k curvature eigenvectors of every past task (the null-space view of
-    Lanzillotta et al., GEOMETRY.md): after task t, the k largest-algebraic eigenpairs of H_t (or G_t)
+    Lanzillotta et al., docs/guarantees.md): after task t, the k largest-algebraic eigenpairs of H_t (or G_t)
     at theta_t* on ``samples`` training samples (Lanczos, eval mode) join the basis (QR of the union),
     and every later update is projected by I - V V^T, so D^T H_o D stays ~0 on the protected directions.
     """

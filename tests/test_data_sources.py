@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -24,7 +25,7 @@ from cl_bench.data.sources import (
     stratified_split,
 )
 
-REAL_MNIST = Path("/work/shared/datasets")
+REAL_MNIST = Path(os.environ.get("CL_BENCH_DATA") or "/nonexistent")  # the folder holding MNIST/raw
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -2,7 +2,7 @@
 deltas is ~0 into the stored basis while fine-tuning from the same point leaks; leakage into the past
 task's top Hessian eigenvectors (what the geometry check C5 measures) stays far below fine-tuning's;
 weight decay and Adam leak through a gradient projection but not through ``project: update``
-(GEOMETRY.md, numerical cautions); stale optimiser state is dropped when a task starts."""
+(docs/guarantees.md, numerical cautions); stale optimiser state is dropped when a task starts."""
 
 from __future__ import annotations
 
@@ -11,15 +11,22 @@ import copy
 import lightning as L
 import pytest
 import torch
+from test_isolation_core import (
+    STRATEGIES,
+    all_inputs,
+    build,
+    fit_task,
+    flat,
+    protected_share,
+    steps_of,
+    without_basis,
+)
 from torch import Tensor
 
 from cl_bench.geometry import lanczos, make_operator, module_objective
 from cl_bench.geometry.fisher import dense_ggn, dense_hessian
 from cl_bench.module import OptimizerConfig
 from strategies.isolation import GPM, OGD, GPMParams, OGDParams, OrthogonalSGD
-from test_isolation_core import (
-    STRATEGIES, all_inputs, build, fit_task, flat, protected_share, steps_of, without_basis,
-)
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
