@@ -157,11 +157,12 @@ def avalanche_split(scenario: Scenario) -> Any:
     """The scenario's tasks (class-incremental, fixed class order) as an Avalanche benchmark."""
     from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
 
+    tasks = scenario.tasks
     train = _TensorDataset(
-        _normalised(torch.cat([t.x_train for t in scenario.tasks]), scenario), torch.cat([t.y_train for t in scenario.tasks])
+        _normalised(torch.cat([t.x_train for t in tasks]), scenario), torch.cat([t.y_train for t in tasks])
     )
     test = _TensorDataset(
-        _normalised(torch.cat([t.x_test for t in scenario.tasks]), scenario), torch.cat([t.y_test for t in scenario.tasks])
+        _normalised(torch.cat([t.x_test for t in tasks]), scenario), torch.cat([t.y_test for t in tasks])
     )
     order = [c for t in scenario.tasks for c in t.classes]
     return nc_benchmark(train, test, n_experiences=scenario.n_tasks, task_labels=False, fixed_class_order=order)
@@ -173,5 +174,6 @@ def avalanche_final_accuracies(strategy: Any, benchmark: Any) -> list[list[float
     for exp in benchmark.train_stream:
         strategy.train(exp, num_workers=0)
         res = strategy.eval(benchmark.test_stream, num_workers=0)
-        rows.append([res[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"] for j in range(len(benchmark.test_stream))])
+        n_exp = len(benchmark.test_stream)
+        rows.append([res[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"] for j in range(n_exp)])
     return rows

@@ -5,7 +5,8 @@ Three numbers, on the same model, probes and device:
 2. the same number of Hessian-vector products alone (target: Lanczos <= 1.5x this);
 3. curvlinops ``HessianLinearOperator`` + ``scipy.sparse.linalg.eigsh(which="LA")`` on the same Hessian.
 The MLP is first trained briefly on Split-MNIST task 0 (digits 0/1), so its Hessian has the usual outliers.
-Without MNIST files (``CL_BENCH_DATA``: the folder holding ``MNIST/raw``) it falls back to digit-shaped random data and says so.
+Without MNIST files (``CL_BENCH_DATA``: the folder holding ``MNIST/raw``) it falls back to digit-shaped
+random data and says so.
 
     CL_BENCH_DATA=$CL_BENCH_DATA uv run python benchmarks/geometry_cost.py [--threads 1] [--device cpu]
 """

@@ -1,5 +1,5 @@
 """Lightning's per-step floor: the cost of one optimiser step through the Trainer that cl-bench's runner
-builds, against the same step in a raw PyTorch loop (issue: replay family, speed target).
+builds, against the same step in a raw PyTorch loop.
 
 The same MLP 784-100-100-10, the same in-memory batches of ``--batch`` random examples (20 = the DER
 S-MNIST ER protocol's 10 new + 10 replayed), plain SGD, ``--steps`` steps, 1 thread:
@@ -48,6 +48,8 @@ class Batches:
 
 
 class Step(L.LightningModule):
+    """One optimiser step per training_step (automatic or manual optimisation)."""
+
     def __init__(self, manual: bool, lr: float) -> None:
         super().__init__()
         self.net, self.lr = mlp(), lr

@@ -1,4 +1,4 @@
-"""Cost of the quadratic penalties (issue 3): per training step relative to naive fine-tuning, and the
+"""Cost of the quadratic penalties: per training step relative to naive fine-tuning, and the
 after_task consolidation (Fisher / importance / curvature) time.
 
 DER's S-MNIST net (MLP 784-100-100-10, 89,610 parameters) on MNIST-shaped data (random pixels: the
@@ -51,7 +51,8 @@ def build(name: str, sc: Scenario, widths: list[int]) -> ContinualModule:
     torch.manual_seed(0)
     cls = get_strategy(name)
     path = CONFIG_DIR / "strategy" / f"{name}.yaml"
-    cfg = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k not in ("class", "optimizer", "trainer")}
+    loaded = OmegaConf.to_container(OmegaConf.load(path))
+    cfg = {k: v for k, v in loaded.items() if k not in ("class", "optimizer", "trainer")}
     backbone = build_model({"name": "mlp", "widths": widths}, sc.input_shape, sc.n_outputs, sc.task_classes())
     return cls(backbone, sc, to_dataclass(cls.Params, cfg, f"strategies.{name}"), OptimizerConfig(lr=0.01))
 

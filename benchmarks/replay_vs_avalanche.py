@@ -1,4 +1,4 @@
-"""ER with a 500-example buffer on Split-MNIST: cl-bench against Avalanche's replay (issue: replay family).
+"""ER with a 500-example buffer on Split-MNIST: cl-bench against Avalanche's replay.
 
 Protocol (the DER paper's S-MNIST ER(500), configs/experiment/der_smnist_replay.yaml
 label ``er_500``): 5 tasks x 2 classes, class-IL, MLP 784-100-100-10, plain SGD
@@ -107,7 +107,10 @@ def main() -> None:
               f"ratio {t_ava / t_ours:.2f}x", flush=True)
     print(f"device: {device_info('cpu')}, torch threads: {args.threads}, avalanche input: {args.avalanche_data}")
     mean = statistics.fmean
-    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+
+    def sd(v: list[float]) -> float:
+        return statistics.stdev(v) if len(v) > 1 else 0.0
+
     ours_t, ours_a = [r[1] for r in rows], [r[2] for r in rows]
     ava_t, ava_a = [r[3] for r in rows], [r[4] for r in rows]
     raw_t, raw_a = [r[5] for r in rows], [r[6] for r in rows]

@@ -1,9 +1,9 @@
-"""Speed of cl-bench's task loop against a raw PyTorch loop and Avalanche (issues: foundation, CI/performance).
+"""Speed of cl-bench's task loop against a raw PyTorch loop and Avalanche.
 
 Protocol: Split-MNIST 5 tasks, MLP 784-400-400-10, 1 epoch per task, batch 128,
 SGD lr 0.01 momentum 0.9, every task evaluated after every task. ``--strategy``:
 
-- ``naive``: fine-tuning (the foundation issue's benchmark);
+- ``naive``: fine-tuning;
 - ``ewc``: lam 100, empirical Fisher (true labels) of 1024 samples per task;
   Avalanche's EWCPlugin (mode separate, ewc_lambda = lam / 2: its penalty has no 1/2)
   estimates its Fisher from squared mini-batch gradients over the whole task instead;
@@ -93,8 +93,8 @@ def main() -> None:
     print(f"{'raw PyTorch':<14} {t_raw:8.2f} {sum(raw[-1]) / 5:10.4f} {1.0:13.2f}")
     print(f"{'cl-bench':<14} {t_ours:8.2f} {ours.metrics['acc']:10.4f} {t_ours / t_raw:13.2f}")
     if not args.no_avalanche:
-        from avalanche.training.plugins import EvaluationPlugin
         from avalanche.evaluation.metrics import accuracy_metrics
+        from avalanche.training.plugins import EvaluationPlugin
         from avalanche.training.supervised import Naive
 
         bench = avalanche_split(scenario)
