@@ -1,0 +1,1 @@
+"""cl-bench: continual-learning strategies, scenarios, metrics and reports on PyTorch Lightning."""

@@ -85,7 +85,7 @@ def water_fill(available: Tensor, capacity: int, prefer: Tensor) -> Tensor:
 
 
 def herding(features: Tensor, m: int) -> Tensor:
-    """iCaRL exemplar selection (Rebuffi et al. 2017, Alg. 4), without replacement.
+    """Exemplar selection of iCaRL (Rebuffi et al. 2017, Alg. 4), without replacement.
 
     With mu = mean_i f_i: p_k = argmin_i || mu - (f_i + sum_{j<k} f_{p_j}) / k ||
     over the examples not chosen yet. Returns the ``min(m, N)`` indices in

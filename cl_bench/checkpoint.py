@@ -20,6 +20,7 @@ import torch
 
 
 def rng_state() -> dict[str, Any]:
+    """The states of the torch, numpy, Python and (when present) CUDA random-number generators."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -27,6 +28,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generator states of :func:`rng_state` (CUDA only where saved and available)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])

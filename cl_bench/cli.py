@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cl-bench",
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``cl-bench`` command given by ``argv`` (default: the process arguments); return its exit code."""
     args = _parser().parse_args(argv)
     if getattr(args, "imports", None):
         from cl_bench.registry import IMPORTS_ENV, import_plugins
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_list() -> int:
+    """``cl-bench list``: the scenarios, strategies, models and metrics."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -166,6 +169,7 @@ def _fmt(stat: dict[str, Any] | None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``cl-bench run``: compose the config, then train and evaluate every run of its plan."""
     from rich.console import Console
 
     from cl_bench.config import ConfigError, build_plan, load_config
@@ -197,7 +201,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _execute(plan: Any, console: Any, resume: bool) -> int:
     from omegaconf import OmegaConf
     from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
     )
     from rich.table import Table
 
@@ -262,6 +271,7 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """``cl-bench sweep``: the grid of a config with list-valued hyper-parameters (``--wandb``: a W&B Sweeps spec)."""
     from pathlib import Path
 
     from rich.console import Console
@@ -292,6 +302,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``cl-bench report``: the Markdown report with plots of a finished run folder."""
     from pathlib import Path
 
     from cl_bench.report import load_results, write_report
@@ -307,6 +318,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
+    """``cl-bench baseline``: run the regression-gate experiments from scratch and write their baselines."""
     from pathlib import Path
 
     from cl_bench.config import CONFIG_DIR, ConfigError
@@ -343,6 +355,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
+    """``cl-bench regress``: re-run the experiments of the baselines; exit 1 when a metric leaves its band."""
     import time
     from pathlib import Path
 
@@ -351,7 +364,15 @@ def cmd_regress(args: argparse.Namespace) -> int:
     from cl_bench.config import ConfigError
     from cl_bench.data import DatasetNotFoundError
     from cl_bench.regress import (
-        DEFAULT_K, build, changed_runs, compare, load_baseline, moves_table, parse_floors, run_plan, summarize,
+        DEFAULT_K,
+        build,
+        changed_runs,
+        compare,
+        load_baseline,
+        moves_table,
+        parse_floors,
+        run_plan,
+        summarize,
     )
     from cl_bench.results import write_json_atomic
 
@@ -407,6 +428,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``cl-bench reproduce``: the published-protocol experiments next to their published values."""
     from pathlib import Path
 
     from cl_bench.config import ConfigError

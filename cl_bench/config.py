@@ -110,6 +110,8 @@ class RunSpec:
 
 @dataclass
 class Plan:
+    """A validated experiment: its runs, output folder, composed config and worker count."""
+
     name: str
     output_dir: Path
     runs: list[RunSpec]

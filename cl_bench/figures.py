@@ -114,6 +114,7 @@ def forgetting_figure(
 
 
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure rendered as PNG."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()

@@ -77,7 +77,7 @@ def unflatten(theta: Tensor, like: Iterable[Tensor]) -> list[Tensor]:
 
 
 def flat_params(module: nn.Module) -> Tensor:
-    """theta ``[P]`` of the module's network, a detached copy."""
+    """The parameters theta ``[P]`` of the module's network, a detached copy."""
     return torch.cat([p.detach().reshape(-1) for _, p in network_parameters(module)])
 
 
@@ -87,7 +87,7 @@ def grad_vector(params: Iterable[nn.Parameter]) -> Tensor:
 
 
 def grad_of(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
-    """d loss / d params as one vector ``[P]`` (zeros for parameters the loss does not reach)."""
+    """The gradient d loss / d params as one vector ``[P]`` (zeros for parameters the loss does not reach)."""
     grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
     return torch.cat([g.reshape(-1) for g in grads])
 

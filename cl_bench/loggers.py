@@ -54,11 +54,15 @@ class WandbConfig:
 
 @dataclass
 class CSVConfig:
+    """CSV logger settings: the folder of the per-run ``metrics.csv`` files."""
+
     dir: Optional[str] = None  # null: <output.dir>/logs/csv; files <dir>/<setting>/<label>/seed<k>/metrics.csv
 
 
 @dataclass
 class TensorBoardConfig:
+    """TensorBoard logger settings: the folder of the event files."""
+
     dir: Optional[str] = None  # null: <output.dir>/logs/tensorboard; events in <dir>/<setting>/<label>/seed<k>/
 
 

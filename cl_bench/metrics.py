@@ -76,6 +76,7 @@ HEADLINE: tuple[str, ...] = tuple(m for m, info in METRICS.items() if info.headl
 
 
 def lower_is_better(metric: str) -> bool:
+    """True for a metric of :data:`METRICS` whose lower values are better (forgetting-like)."""
     return metric in METRICS and METRICS[metric].better == LOWER
 
 

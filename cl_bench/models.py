@@ -113,6 +113,8 @@ def make_head(
 class MLP(Backbone):
     """Flatten -> [Linear -> act] per width (DER's S-MNIST net: widths [100, 100], ReLU)."""
 
+    body: nn.Sequential
+
     def __init__(
         self,
         input_shape: Sequence[int],

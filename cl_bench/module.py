@@ -42,9 +42,9 @@ kept beside the network (a teacher) are named in ``frozen_copies``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import lightning as L

@@ -45,10 +45,12 @@ DEFAULT_FLOORS: dict[str, float] = {
 
 
 def direction(metric: str) -> str:
+    """The way a metric may not move: ``higher`` / ``lower`` is better, ``both`` for check pass rates."""
     return BOTH if metric.startswith("check_") else METRICS[metric].better
 
 
 def floor_of(metric: str, floors: dict[str, float]) -> float:
+    """The absolute band floor of a metric (``floors["check"]`` for every check pass rate)."""
     return floors["check" if metric.startswith("check_") else metric]
 
 
@@ -148,6 +150,7 @@ def blind_spots(metrics: dict[str, dict[str, dict[str, Any]]], k: float = DEFAUL
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
+    """A baseline JSON, refused unless its schema is :data:`BASELINE_SCHEMA`."""
     data = json.loads(Path(path).read_text())
     if data.get("schema") != BASELINE_SCHEMA:
         raise ValueError(f"{path}: baseline schema {data.get('schema')} is not {BASELINE_SCHEMA}; "

@@ -110,6 +110,8 @@ def finished_results(plan: Any) -> tuple[list[RunResult], list[str]]:
 
 @dataclass
 class Row:
+    """One published (experiment, label, setting) value next to ours per seed, with its verdict."""
+
     experiment: str
     label: str
     setting: str

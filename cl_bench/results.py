@@ -89,10 +89,12 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 
 def save_result(result: RunResult, path: str | Path) -> None:
+    """Write the result as JSON, atomically."""
     write_json_atomic(path, result.to_dict())
 
 
 def load_result(path: str | Path) -> RunResult:
+    """The result stored at ``path`` by :func:`save_result`."""
     with open(path) as fh:
         return RunResult.from_dict(json.load(fh))
 
@@ -166,4 +168,5 @@ def check_rows(checks: Any) -> list[dict[str, Any]]:
 
 
 def check_id(row: dict[str, Any]) -> str:
+    """The name of a guarantee-check row: its ``id``, else its ``name``, else ``check``."""
     return str(row.get("id", row.get("name", "check")))

@@ -52,6 +52,7 @@ def quiet_lightning() -> None:
 
 
 def resolve_device(accelerator: str) -> str:
+    """``cuda`` for gpu / cuda, or auto with CUDA available; else ``cpu``."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return "cuda"
     return "cpu"
@@ -59,15 +60,18 @@ def resolve_device(accelerator: str) -> str:
 
 # ------------------------------------------------------------------ scenarios
 def scenario_key(spec: RunSpec) -> str:
+    """A key equal for runs that build the same scenario from the same data."""
     return repr(sorted(spec.scenario.items())) + repr(sorted(spec.data.items()))
 
 
 def load_scenario(spec: RunSpec) -> Scenario:
+    """The scenario of a run (augmentation is left to the batcher)."""
     cfg = {k: v for k, v in spec.scenario.items() if k != "augment"}
     return build_scenario(cfg, root=spec.data.get("root"), download=bool(spec.data.get("download", False)))
 
 
 def augment_of(spec: RunSpec) -> Augment | None:
+    """The training augmentation of the scenario, or None."""
     aug = spec.scenario.get("augment")
     return Augment(**aug) if aug else None
 
@@ -75,6 +79,8 @@ def augment_of(spec: RunSpec) -> Augment | None:
 # ----------------------------------------------------------------- evaluation
 @dataclass
 class Evaluation:
+    """Per-task test accuracy, test loss and training-probe loss after one task."""
+
     acc: list[float]
     loss: list[float]
     train_loss: list[float]
@@ -151,6 +157,7 @@ def make_trainer(
 
 
 def build_module(spec: RunSpec, scenario: Scenario) -> ContinualModule:
+    """The strategy module of a run around a fresh backbone."""
     cls = get_strategy(spec.strategy_class)
     backbone = build_model(spec.model, scenario.input_shape, scenario.n_outputs, scenario.task_classes())
     params = to_dataclass(cls.Params, spec.params, f"strategies.{spec.label}")
@@ -350,10 +357,12 @@ def fill_metrics(result: RunResult, joint_acc: list[float] | None = None) -> Non
 
 # ------------------------------------------------------------------ the plan
 def result_path(output_dir: Path, spec: RunSpec) -> Path:
+    """``<output_dir>/runs/<setting>/<label>/seed<k>.json``."""
     return output_dir / "runs" / spec.setting / spec.label / f"seed{spec.seed}.json"
 
 
 def result_spec(plan: Plan, result: RunResult) -> RunSpec:
+    """The run of the plan that produced ``result``."""
     return next(s for s in plan.runs if s.run_id == result.run_id)
 
 
@@ -386,6 +395,7 @@ def prepare(plan: Plan) -> dict[str, Scenario]:
 
 
 def checkpoint_path(output_dir: Path, spec: RunSpec) -> Path:
+    """``<output_dir>/checkpoints/<setting>/<label>/seed<k>.pt``."""
     return output_dir / "checkpoints" / spec.setting / spec.label / f"seed{spec.seed}.pt"
 
 

@@ -20,18 +20,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, cast
 
 import torch
 from torch import Tensor, nn
 
 from cl_bench.data import Scenario, Task, iterate_eval
 from cl_bench.geometry.fisher import (
-    DENSE_KINDS, FISHER_KINDS, TaskOutputs, dense_curvature, diag_fisher, mas_importance,
+    DENSE_KINDS,
+    FISHER_KINDS,
+    TaskOutputs,
+    dense_curvature,
+    diag_fisher,
+    mas_importance,
 )
 from cl_bench.geometry.kfac import KFAC_KINDS, LayerBlock, kfac_factors, kron_quadratic, layer_delta, linear_blocks
-from cl_bench.models import MultiHead
 from cl_bench.layout import ParamLayout, flatten, grad_vector
+from cl_bench.models import MultiHead
 from cl_bench.module import ContinualModule, OptimizerConfig
 from cl_bench.registry import register
 
@@ -78,6 +83,9 @@ class QuadraticPenalty(ContinualModule):
     Params: ClassVar[type] = QuadraticParams
     #: True: a single anchor (the latest solution) and F <- decay() * F + F_t
     online: ClassVar[bool] = False
+    # registered buffers: anchors theta_o* [O, P]; curv_<key> [O, *shape] (curv_diag for the default shapes)
+    anchors: Tensor
+    curv_diag: Tensor
 
     def __init__(
         self,
@@ -113,7 +121,7 @@ class QuadraticPenalty(ContinualModule):
 
     # ----------------------------------------------------------------- the core
     def flat_params(self) -> Tensor:
-        """theta ``[P]`` (differentiable)."""
+        """The parameters theta ``[P]`` (differentiable)."""
         return flatten(self.network())
 
     def penalty(self) -> Tensor:
@@ -170,6 +178,8 @@ class QuadraticPenalty(ContinualModule):
 # ======================================================================= L2
 @dataclass
 class L2Params(QuadraticParams):
+    """As the quadratic penalty, with a smaller default ``lam``."""
+
     lam: float = 0.1
 
 
@@ -280,6 +290,8 @@ class SI(QuadraticPenalty):
 
     Params = SIParams
     online = True
+    omega: Tensor  # registered buffers [P]: this task's path integral, theta at the task's start
+    task_start: Tensor
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -300,7 +312,7 @@ class SI(QuadraticPenalty):
         return (self.penalty_importance() * delta.square()).sum()
 
     def penalty_grad(self) -> Tensor:
-        """d penalty / d theta = lam * sum_o Omega_o * (theta - theta_o*) (closed form, no backward)."""
+        """The gradient d penalty / d theta = lam * sum_o Omega_o * (theta - theta_o*) (closed form, no backward)."""
         if self.anchors.shape[0] == 0:
             return torch.zeros(self.n_params, device=self.device)
         return self.params.lam * (self.penalty_importance() * (self.flat_params().detach()[None] - self.anchors)).sum(0)
@@ -315,7 +327,7 @@ class SI(QuadraticPenalty):
         return self.network()
 
     def transform_update(self, params: list[nn.Parameter], before: list[Tensor]) -> None:
-        """omega -= g_t * (theta_{t+1} - theta_t)."""
+        """The path integral: omega -= g_t * (theta_{t+1} - theta_t)."""
         self.omega -= self._grad * (flatten(params) - flatten(before))
 
     @torch.no_grad()
@@ -390,10 +402,10 @@ class KFACEWC(EWC):
         return {key: f for i, (a, g) in enumerate(factors) for key, f in ((f"A{i}", a), (f"G{i}", g))}
 
     def quadratic(self, delta: Tensor) -> Tensor:
-        return sum(
+        return cast(Tensor, sum(
             kron_quadratic(getattr(self, f"curv_A{i}"), getattr(self, f"curv_G{i}"), layer_delta(delta, b))
             for i, b in enumerate(self.blocks)
-        )
+        ))
 
 
 # =========================================================== quadratic_exact
@@ -427,6 +439,11 @@ class QuadraticExact(QuadraticPenalty):
     """
 
     Params = QuadraticExactParams
+    curv_sum: Tensor  # registered buffers: A [P, P], b [P] (float64), sum_o theta_o*^T F_o theta_o*, g [P], c
+    curv_b: Tensor
+    curv_tt: Tensor
+    lin: Tensor
+    const: Tensor
 
     def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None, *args: Any, **kwargs: Any) -> None:
         params = params if params is not None else self.Params()

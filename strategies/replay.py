@@ -11,9 +11,9 @@ vector (the layout of ``cl_bench.layout``) in ``transform_gradients``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, cast
 
 import numpy as np
 import quadprog
@@ -25,7 +25,7 @@ from cl_bench.buffer import POLICIES, Buffer, herding, rank_within_groups
 from cl_bench.data.batching import to_float
 from cl_bench.data.task import Scenario, Task
 from cl_bench.layout import grad_of, grad_vector, write_grad
-from cl_bench.models import MultiHead, reinitialise
+from cl_bench.models import Backbone, MultiHead, reinitialise
 from cl_bench.module import ContinualModule, OptimizerConfig, Phase, Step
 from cl_bench.registry import register
 
@@ -79,6 +79,8 @@ class ReplayParams:
 
 @dataclass
 class ERParams(ReplayParams):
+    """``policy``: how the buffer keeps examples (one of :data:`cl_bench.buffer.POLICIES`)."""
+
     policy: str = "reservoir"
 
     def __post_init__(self) -> None:
@@ -89,11 +91,15 @@ class ERParams(ReplayParams):
 
 @dataclass
 class AGEMParams(ReplayParams):
+    """``minibatch_size``: memory examples of the reference gradient g_ref."""
+
     minibatch_size: int = 128
 
 
 @dataclass
 class GEMParams(ReplayParams):
+    """``gamma``: bias of the dual towards backward transfer (v >= gamma); ``eps``: ridge of the dual Hessian."""
+
     gamma: float = 0.5
     eps: float = 1e-3
 
@@ -105,6 +111,8 @@ class GEMParams(ReplayParams):
 
 @dataclass
 class DERParams(ERParams):
+    """``alpha``: weight of the logit-matching term on replayed examples."""
+
     alpha: float = 0.3
 
     def __post_init__(self) -> None:
@@ -115,6 +123,8 @@ class DERParams(ERParams):
 
 @dataclass
 class DERPPParams(DERParams):
+    """``beta``: weight of the cross-entropy on a second replayed minibatch."""
+
     beta: float = 0.5
 
     def __post_init__(self) -> None:
@@ -125,6 +135,8 @@ class DERPPParams(DERParams):
 
 @dataclass
 class GDumbParams(ReplayParams):
+    """``fit_epochs``: epochs of the retraining from scratch on the memory after each task."""
+
     buffer_size: int = 500
     minibatch_size: int = 16  # batch size of the retraining
     fit_epochs: int = 10
@@ -168,6 +180,8 @@ class ReplayModule(GlobalModule):
     Params: ClassVar[type] = ReplayParams
     buffer_policy: ClassVar[str] = "reservoir"
     stores_logits: ClassVar[bool] = False
+    input_mean: Tensor  # registered buffers [1, C, 1, 1] (empty: no normalisation)
+    input_std: Tensor
 
     def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
                  optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
@@ -311,6 +325,7 @@ class Distilling(GlobalModule):
     """Keeps a frozen copy of the network from the end of the previous task (``old_backbone``)."""
 
     frozen_copies: ClassVar[tuple[str, ...]] = ("old_backbone",)
+    has_old: Tensor  # registered buffer: bool scalar
 
     def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
                  optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
@@ -354,6 +369,8 @@ class ICaRL(ReplayModule, Distilling):
 
     Params = ReplayParams
     buffer_policy = "reservoir"  # unused: exemplar sets are assigned by herding
+    class_means: Tensor  # registered buffers [n_outputs, D] and [n_outputs]
+    has_mean: Tensor
 
     def __init__(self, backbone: nn.Module, scenario: Scenario, params: Any = None,
                  optimizer: OptimizerConfig | None = None, mask_train_logits: bool = False) -> None:
@@ -364,11 +381,11 @@ class ICaRL(ReplayModule, Distilling):
         if self.params.buffer_size < scenario.n_outputs:
             raise ValueError(f"strategies.icarl.buffer_size={self.params.buffer_size} is smaller than the "
                              f"{scenario.n_outputs} classes: every class needs at least one exemplar")
-        self.register_buffer("class_means", torch.zeros(scenario.n_outputs, backbone.feature_dim))
+        self.register_buffer("class_means", torch.zeros(scenario.n_outputs, cast(Backbone, backbone).feature_dim))
         self.register_buffer("has_mean", torch.zeros(scenario.n_outputs, dtype=torch.bool))
 
     def normalised_features(self, x: Tensor) -> Tensor:
-        return F.normalize(self.backbone.features(x), dim=1)
+        return F.normalize(cast(Backbone, self.backbone).features(x), dim=1)
 
     def task_loss(self, step: Step) -> Tensor:
         """Alg. 3: BCE over the seen classes on [x; exemplars], distillation targets on the old ones."""
@@ -489,8 +506,9 @@ class LwF(Distilling):
     Params = LwFParams
 
     def task_loss(self, step: Step) -> Tensor:
-        step.features = z = self.backbone.features(step.x)
-        head = self.backbone.head
+        net = cast(Backbone, self.backbone)
+        step.features = z = net.features(step.x)
+        head = net.head
         step.logits = head(z, step.t) if isinstance(head, MultiHead) else head(z)
         return F.cross_entropy(self.as_trained(step.logits, step.t), step.y)
 
@@ -511,12 +529,12 @@ class LwF(Distilling):
         if not isinstance(self.backbone.head, MultiHead):
             old = self.class_mask[: self.current_task].any(0)
             return distillation(logits[:, old], self.previous(lambda net: net(x))[:, old], temperature)
-        z_old = self.previous(lambda net: net.features(x))
+        z_old = self.previous(lambda net: cast(Backbone, net).features(x))
         total = z.new_zeros(())
         for k in range(self.current_task):  # one term per earlier task's head
             ids = torch.full((x.shape[0],), k, device=x.device)
             cols = self.class_mask[k]
-            old_k = self.previous(lambda net: net.head(z_old, ids))[:, cols]
+            old_k = self.previous(lambda net: cast(Backbone, net).head(z_old, ids))[:, cols]
             total = total + distillation(self.backbone.head(z, ids)[:, cols], old_k, temperature)
         return total
 

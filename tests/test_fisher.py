@@ -8,7 +8,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cl_bench.geometry.fisher import (
-    TaskOutputs, dense_curvature, dense_ggn, dense_hessian, diag_fisher, flatten, mas_importance, trainable, unflatten,
+    TaskOutputs,
+    dense_curvature,
+    dense_ggn,
+    dense_hessian,
+    diag_fisher,
+    flatten,
+    mas_importance,
+    trainable,
+    unflatten,
 )
 from cl_bench.geometry.kfac import kfac_factors, kron_quadratic, layer_delta, linear_blocks
 from cl_bench.models import build_model

@@ -17,7 +17,15 @@ from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, OptimizerConfig
 from cl_bench.runner import fit_phases, quiet_lightning
 from strategies.isolation import (
-    GPM, OGD, GPMParams, OGDParams, OrthogonalSGD, OrthogonalSGDParams, gpm_extend, orthonormal_union, project_out,
+    GPM,
+    OGD,
+    GPMParams,
+    OGDParams,
+    OrthogonalSGD,
+    OrthogonalSGDParams,
+    gpm_extend,
+    orthonormal_union,
+    project_out,
 )
 
 CLASSES = [[0, 2], [1, 3], [4, 5]]  # not contiguous: task-IL masks must follow the class lists

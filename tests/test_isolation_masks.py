@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_isolation_core import build, fit_task, lightning_trainer, task_batches, toy_scenario
 from torch import Tensor
 
 from cl_bench.config import ConfigError, to_dataclass
@@ -16,7 +17,6 @@ from cl_bench.data.batching import _norm_stats, to_float
 from cl_bench.models import build_model
 from cl_bench.module import OptimizerConfig
 from strategies.isolation import FREE, HAT, HATParams, PackNet, PackNetParams
-from test_isolation_core import build, fit_task, lightning_trainer, task_batches, toy_scenario
 
 MOMENTUM_WD = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.05)
 ADAM_WD = OptimizerConfig(name="adam", lr=0.01, weight_decay=0.05)

@@ -7,16 +7,22 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_isolation_core import (
+    STRATEGIES,
+    all_inputs,
+    build,
+    dense_projector,
+    fit_task,
+    flat,
+    grad_vector,
+    protected_share,
+    toy_scenario,
+)
 from torch import Tensor
 
 from cl_bench.config import ConfigError, to_dataclass
 from cl_bench.models import build_model
-from strategies.isolation import (
-    GPM, OGD, GPMParams, OGDParams, OrthogonalSGD, OrthogonalSGDParams, ProjectionParams,
-)
-from test_isolation_core import (
-    STRATEGIES, all_inputs, build, dense_projector, fit_task, flat, grad_vector, protected_share, toy_scenario,
-)
+from strategies.isolation import GPM, OGD, GPMParams, OGDParams, OrthogonalSGD, OrthogonalSGDParams, ProjectionParams
 
 
 # ------------------------------------------------------------------ the stored bases

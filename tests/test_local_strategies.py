@@ -19,8 +19,20 @@ from cl_bench.models import build_model
 from cl_bench.module import OptimizerConfig
 from cl_bench.runner import execute, prepare
 from strategies.local import (
-    EWC, L2, MAS, SI, KFACEWC, EWCParams, KFACParams, L2Params, MASParams, OnlineEWC, OnlineEWCParams,
-    QuadraticExact, QuadraticExactParams, SIParams,
+    EWC,
+    KFACEWC,
+    L2,
+    MAS,
+    SI,
+    EWCParams,
+    KFACParams,
+    L2Params,
+    MASParams,
+    OnlineEWC,
+    OnlineEWCParams,
+    QuadraticExact,
+    QuadraticExactParams,
+    SIParams,
 )
 
 CLASSES = [[0, 2], [1, 3]]  # not contiguous: labels must be mapped to output positions

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.models import (
-    MLP, MODEL_INFO, Backbone, MultiHead, ResNet18, SmallCNN, build_model, masked_logit, reinitialise,
+    MLP,
+    MODEL_INFO,
+    Backbone,
+    MultiHead,
+    ResNet18,
+    SmallCNN,
+    build_model,
+    masked_logit,
+    reinitialise,
 )
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]

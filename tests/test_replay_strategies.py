@@ -14,12 +14,11 @@ from scipy.optimize import minimize
 
 from cl_bench.config import ConfigError, build_plan, load_config
 from cl_bench.data import iterate_eval
-from cl_bench.layout import grad_of as flat_grad, grad_vector
+from cl_bench.layout import grad_of as flat_grad
+from cl_bench.layout import grad_vector
 from cl_bench.module import Step
 from cl_bench.runner import build_module, load_scenario, run_one
-from strategies.replay import (
-    DER, GEM, agem_project, distillation, gem_project,
-)
+from strategies.replay import DER, GEM, agem_project, distillation, gem_project
 
 STRATEGIES = ["er", "agem", "gem", "der", "derpp", "icarl", "gdumb", "lwf"]
 
@@ -60,7 +59,7 @@ def test_agem_projection_closed_form_and_constraint():
 
 # ----------------------------------------------------------------------- GEM
 def active_set_projection(g: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """argmin ||z - g|| s.t. G z >= 0 by enumeration: the optimum is the projection of g
+    """The minimiser argmin ||z - g|| s.t. G z >= 0 by enumeration: the optimum is the projection of g
     onto {z : G_S z = 0} for its active set S, so the best feasible such projection wins."""
     best, best_d = None, np.inf
     for r in range(G.shape[0] + 1):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from importlib.metadata import version
 import statistics
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
 

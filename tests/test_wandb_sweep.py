@@ -14,7 +14,13 @@ from cl_bench.config import ConfigError, build_plan, load_config
 from cl_bench.results import load_result
 from cl_bench.runner import result_path
 from cl_bench.wandb_sweep import (
-    agent_command, apply_grid, assignments, check_agent_plan, expand_grid, sweep_axes, write_wandb_sweep,
+    agent_command,
+    apply_grid,
+    assignments,
+    check_agent_plan,
+    expand_grid,
+    sweep_axes,
+    write_wandb_sweep,
 )
 
 BASE = ["scenario.n_tasks=2", "trainer.epochs=1", "trainer.train_loss_probe=50", "settings=[class_il,task_il]"]

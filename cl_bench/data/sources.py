@@ -128,7 +128,7 @@ def _load_digits(root: Path, download: bool, verify: bool) -> Source:
 
 
 def _mnist_like(class_name: str, name: str) -> Callable[[Path, bool, bool], Source]:
-    """torchvision MNIST-format reader; files in ``<root>/<ClassName>/raw`` (IDX, uncompressed)."""
+    """The torchvision MNIST-format reader; files in ``<root>/<ClassName>/raw`` (IDX, uncompressed)."""
 
     def load(root: Path, download: bool, verify: bool) -> Source:
         import torchvision.datasets as tvd
@@ -166,7 +166,7 @@ def _without_md5(cls: type[Any]) -> type:
 
 
 def _cifar(class_name: str, name: str) -> Callable[[Path, bool, bool], Source]:
-    """torchvision CIFAR reader: python pickle batches in ``<root>/<base_folder>``."""
+    """The torchvision CIFAR reader: python pickle batches in ``<root>/<base_folder>``."""
 
     def load(root: Path, download: bool, verify: bool) -> Source:
         import torchvision.datasets as tvd
