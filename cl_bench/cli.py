@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
         "`cl-bench run scenario=split_mnist strategy=[naive,ewc] trainer.epochs=2 seeds=[0,1,2]`. "
         "Finished runs in the output directory are reused unless --fresh.",
     )
-    run.add_argument("overrides", nargs="*", help="key=value overrides (scenario=, model=, strategy=, experiment=, ...)")
+    run.add_argument("overrides", nargs="*",
+                     help="key=value overrides (scenario=, model=, strategy=, experiment=, ...)")
     run.add_argument("--config", help="an experiment YAML file merged over configs/default.yaml")
     run.add_argument(
         "--resume", action="store_true",
@@ -75,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         "own (e.g. strategies.ewc.lam=5 shows what a change would do).",
     )
     reg.add_argument("overrides", nargs="*", help="key=value overrides on top of each baseline's configuration")
-    reg.add_argument("--baseline", action="append", help="baseline JSON (repeatable; default: reports/baselines/*.json)")
+    reg.add_argument("--baseline", action="append",
+                     help="baseline JSON (repeatable; default: reports/baselines/*.json)")
     reg.add_argument("--k", type=float, default=None, help="band width in baseline seed stds (default: 3)")
     reg.add_argument("--floor", action="append", default=[], metavar="METRIC=VALUE",
                      help="absolute band floor of a metric (`check` = every check pass rate); repeatable")
@@ -149,15 +151,18 @@ def cmd_list() -> int:
         lines = [ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
         return lines[0] if lines else ""
 
-    table("scenarios (configs/scenario)", [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "scenario").glob("*.yaml"))])
+    table("scenarios (configs/scenario)",
+          [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "scenario").glob("*.yaml"))])
     table("scenario kinds", list(SCENARIO_KINDS.items()))
     table("datasets", list(SOURCE_INFO.items()))
     table(
         "strategies",
-        [(n, f"[{get_strategy(n).family}] " + (get_strategy(n).__doc__ or "").strip().splitlines()[0]) for n in strategy_names()],
+        [(n, f"[{get_strategy(n).family}] " + (get_strategy(n).__doc__ or "").strip().splitlines()[0])
+         for n in strategy_names()],
     )
     table("models", list(MODEL_INFO.items()))
-    table("experiments (configs/experiment)", [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))])
+    table("experiments (configs/experiment)",
+          [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))])
     table("metrics", [(m, info.doc) for m, info in METRICS.items()])
     return 0
 
@@ -246,7 +251,8 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
             save_result(result, result_path(plan.output_dir, result_spec(plan, result)))
     agg = aggregate(results)
     out = plan.output_dir
-    write_json_atomic(out / "results.json", {"name": plan.name, "runs": [r.to_dict() for r in results], "aggregate": agg})
+    write_json_atomic(out / "results.json",
+                      {"name": plan.name, "runs": [r.to_dict() for r in results], "aggregate": agg})
     (out / "config.yaml").write_text(OmegaConf.to_yaml(plan.config))
 
     for setting in dict.fromkeys(r.setting for r in results):
@@ -347,7 +353,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             return 2
         path = Path(args.out) / f"{base['name']}.json"
         write_json_atomic(path, base)
-        print(f"baseline: {path} ({len(base['run_hashes'])} runs, {base['wall_s']:.0f} s, config {base['config_hash']})")
+        print(f"baseline: {path} ({len(base['run_hashes'])} runs, {base['wall_s']:.0f} s, "
+              f"config {base['config_hash']})")
         if base["blind_to"]:
             print("  within the band of plain fine-tuning on every metric (the gate cannot tell them from naive): "
                   + ", ".join(base["blind_to"]))
@@ -442,7 +449,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     try:  # every plan validated before anything trains
         spec = load_spec(spec_path)
         entries = select(spec, args.only)
-        plans = {name: plan_of(name, entry, Path(args.runs_dir), int(spec["min_seeds"])) for name, entry in entries.items()}
+        plans = {name: plan_of(name, entry, Path(args.runs_dir), int(spec["min_seeds"]))
+                 for name, entry in entries.items()}
         for name, plan in plans.items():
             if args.workers:
                 plan.workers = args.workers

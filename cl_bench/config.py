@@ -251,7 +251,8 @@ def build_plan(cfg: DictConfig) -> Plan:
             raise ConfigError(str(err.args[0]) if err.args else str(err)) from err
     seeds = _container(cfg.seeds)
     seeds = [seeds] if isinstance(seeds, int) else seeds
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if not isinstance(seeds, list) or not seeds \
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"seeds must be an int or a non-empty list of ints, got {seeds!r}")
     to_dataclass(TrainerConfig, cfg.trainer, "trainer")  # global sections are checked even when
     to_dataclass(OptimizerConfig, cfg.optimizer, "optimizer")  # every strategy overrides them
@@ -267,10 +268,12 @@ def build_plan(cfg: DictConfig) -> Plan:
         hparams = {k: v for k, v in entry.items() if k not in ("class", "optimizer", "trainer")}
         params = dataclasses.asdict(to_dataclass(cls.Params, hparams, f"strategies.{label}"))
         s_trainer = dataclasses.asdict(
-            to_dataclass(TrainerConfig, OmegaConf.merge(cfg.trainer, entry.get("trainer") or {}), f"strategies.{label}.trainer")
+            to_dataclass(TrainerConfig, OmegaConf.merge(cfg.trainer, entry.get("trainer") or {}),
+                         f"strategies.{label}.trainer")
         )
         s_optim = dataclasses.asdict(
-            to_dataclass(OptimizerConfig, OmegaConf.merge(cfg.optimizer, entry.get("optimizer") or {}), f"strategies.{label}.optimizer")
+            to_dataclass(OptimizerConfig, OmegaConf.merge(cfg.optimizer, entry.get("optimizer") or {}),
+                         f"strategies.{label}.optimizer")
         )
         for setting in settings:
             for seed in seeds:

@@ -105,4 +105,5 @@ def layout_mask(module: nn.Module, masks: Mapping[str, Tensor]) -> Tensor:
     for n, p in named:
         if n in masks and masks[n].shape != p.shape:
             raise ValueError(f"mask of {n} has shape {tuple(masks[n].shape)}, the parameter {tuple(p.shape)}")
-    return torch.cat([(masks[n] if n in masks else torch.zeros_like(p, dtype=torch.bool)).reshape(-1) for n, p in named])
+    return torch.cat([(masks[n] if n in masks else torch.zeros_like(p, dtype=torch.bool)).reshape(-1)
+                      for n, p in named])

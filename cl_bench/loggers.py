@@ -316,7 +316,8 @@ def matrix_table(matrix: list[list[float]], joint: bool = False) -> tuple[list[s
     (a joint run's single row counts every task as trained)."""
     n = len(matrix[0])
     trained = [n] if joint else list(range(1, len(matrix) + 1))
-    return ["tasks_trained", *(f"task{j}" for j in range(n))], [[k, *map(float, row)] for k, row in zip(trained, matrix)]
+    columns = ["tasks_trained", *(f"task{j}" for j in range(n))]
+    return columns, [[k, *map(float, row)] for k, row in zip(trained, matrix)]
 
 
 def timings_table(result: RunResult) -> tuple[list[str], list[list[Any]]]:

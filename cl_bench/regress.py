@@ -17,8 +17,8 @@ loss_forgetting, intransigence and certificate violations lower; check pass rate
 float differences between CPUs inside the band: re-running both baselines with ATen's
 non-vectorised kernels and MKL's compatible mode, as a stand-in for another CPU, moved no
 metric by more than 6 % of its band (GEM's accuracy, 0.0016 of 0.03).
-``tests/test_regress.py`` shows planted regressions leaving it. ``blind_to`` in a baseline lists the strategies the gate cannot tell
-from plain fine-tuning at that experiment's settings.
+``tests/test_regress.py`` shows planted regressions leaving it. ``blind_to`` in a baseline lists
+the strategies the gate cannot tell from plain fine-tuning at that experiment's settings.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def make_baseline(plan: Any, overrides: list[str], config_file: str | None) -> d
     return {
         "schema": BASELINE_SCHEMA, "name": plan.name, "overrides": list(overrides), "config_file": config_file,
         "config_hash": plan_hash(run_hashes), "run_hashes": run_hashes,
-        "seeds": sorted({s.seed for s in plan.runs}), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seeds": sorted({s.seed for s in plan.runs}),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.perf_counter() - start, 1), "versions": library_versions(), "device": device_info("cpu"),
         "metrics": metrics, "blind_to": blind_spots(metrics),
     }
@@ -144,7 +145,8 @@ def blind_spots(metrics: dict[str, dict[str, dict[str, Any]]], k: float = DEFAUL
     for key, stats in metrics.items():
         setting, label = key.split("/", 1)
         ref = metrics.get(f"{setting}/{reference}")
-        if ref is not None and label != reference and not any(r.regressed for r in compare({key: stats}, {key: ref}, k, floors)):
+        if ref is not None and label != reference \
+                and not any(r.regressed for r in compare({key: stats}, {key: ref}, k, floors)):
             out.append(key)
     return out
 

@@ -131,7 +131,8 @@ def _setup_section(runs: list[RunResult]) -> list[str]:
         tr, opt = r.config.get("trainer", {}), r.config.get("optimizer", {})
         rows.append([
             label, r.strategy, r.family, _kv(r.config.get("params", {})) or "—",
-            _kv({k: opt.get(k) for k in ("name", "lr", "momentum", "weight_decay")}), tr.get("epochs"), tr.get("batch_size"),
+            _kv({k: opt.get(k) for k in ("name", "lr", "momentum", "weight_decay")}),
+            tr.get("epochs"), tr.get("batch_size"),
         ])
     md = ["## Setup", "", _table(["", ""], setup), "", "### Strategies", ""]
     md += [_table(["label", "strategy", "family", "hyper-parameters", "optimizer", "epochs", "batch"], rows), ""]
@@ -159,7 +160,8 @@ def _setting_section(
     if stats:
         heat, curves = f"acc_matrix_{setting}.png", f"forgetting_{setting}.png"
         matrices_figure({lb: s[0] for lb, s in stats.items()},
-                        f"{name} — {setting}: accuracy matrices R[t][j] (mean over seeds)").savefig(out_dir / heat, dpi=110)
+                        f"{name} — {setting}: accuracy matrices R[t][j] (mean over seeds)"
+                        ).savefig(out_dir / heat, dpi=110)
         forgetting_figure(stats, f"{name} — {setting}: accuracy on each task as tasks are trained (mean ± std over "
                           "seeds)", {r.label: r.family for r in ok}).savefig(out_dir / curves, dpi=110)
         md += [f"![accuracy matrices, {setting}]({heat})", "", f"![forgetting curves, {setting}]({curves})", ""]

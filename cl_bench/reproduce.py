@@ -39,7 +39,8 @@ def load_spec(path: Path = DEFAULT_SPEC) -> dict[str, Any]:
         raise ConfigError(f"{path}: `experiments` is empty")
     for name, entry in spec["experiments"].items():
         if not isinstance(entry, dict) or not entry.get("published") or not entry.get("source"):
-            raise ConfigError(f"{path}: experiments.{name} needs `source` and `published: {{label: {{setting: value}}}}`")
+            raise ConfigError(f"{path}: experiments.{name} needs `source` and "
+                              "`published: {label: {setting: value}}`")
         for label, row in entry["published"].items():
             if not isinstance(row, dict) or not all(isinstance(v, (int, float)) for v in row.values()):
                 raise ConfigError(f"{path}: experiments.{name}.published.{label} must map settings to numbers (%)")
@@ -144,7 +145,8 @@ class Row:
         return verdict
 
 
-def rows_of(name: str, entry: dict[str, Any], results: list[RunResult], n_seeds: int, spec: dict[str, Any]) -> list[Row]:
+def rows_of(name: str, entry: dict[str, Any], results: list[RunResult], n_seeds: int,
+            spec: dict[str, Any]) -> list[Row]:
     """One row per published (label, setting); ``values`` empty when no run finished."""
     rows = []
     for label, published in entry["published"].items():
@@ -186,7 +188,8 @@ def render(rows: list[Row], entries: dict[str, dict[str, Any]], spec_path: Path,
         out.append("")
     noted = [r for r in rows if r.note and r.values]
     if noted:
-        out += ["## Notes", ""] + [f"- **{r.experiment} / {r.label} / {r.setting}**: {cast(str, r.note).strip()}" for r in noted] + [""]
+        out += ["## Notes", ""] + [f"- **{r.experiment} / {r.label} / {r.setting}**: {cast(str, r.note).strip()}"
+                                   for r in noted] + [""]
     if missing:
         out += ["## Not run yet", "", "No finished run for these published rows (run `cl-bench reproduce` without "
                 "`--no-train`, or `cl-bench run experiment=NAME strategy=[LABEL]`):", ""]

@@ -461,7 +461,8 @@ def execute(
             yield run_and_save(spec, scenarios[scenario_key(spec)], plan.output_dir, log_cfg, plan.name, on_task_end)
         return
     threads = max(1, torch.get_num_threads() // workers)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
         futures = [pool.submit(_worker_run, spec, plan.output_dir, log_cfg, plan.name) for spec in todo]
         for future in as_completed(futures):
             yield future.result()

@@ -18,12 +18,12 @@ they hold for any optimiser:
 - :class:`MaskedUpdates`: the gradient of frozen coordinates is zeroed, and
   their values are written back after the optimiser step (weight decay,
   momentum and Adam move a coordinate whose gradient is zero).
-- :class:`ProjectedUpdates`: g <- (I - P) g before the step (the methods' rule; with SGD, momentum or not, the update stays in the span of the
-  projected gradients); with ``project: update`` the parameter change of the
-  step is projected as well, d <- (I - P) d, which removes what a gradient
-  projection cannot see: weight decay (a term in theta) and Adam's
-  per-coordinate scaling. The optimiser's state is dropped at the start of a
-  task, when the basis may have grown.
+- :class:`ProjectedUpdates`: g <- (I - P) g before the step (the methods' rule; with SGD,
+  momentum or not, the update stays in the span of the projected gradients); with
+  ``project: update`` the parameter change of the step is projected as well,
+  d <- (I - P) d, which removes what a gradient projection cannot see: weight
+  decay (a term in theta) and Adam's per-coordinate scaling. The optimiser's
+  state is dropped at the start of a task, when the basis may have grown.
 
 Masks, bases and embeddings live in registered buffers (HAT's embeddings are
 parameters): a state dict holding T tasks loads into a fresh module (growing
@@ -225,7 +225,8 @@ class PackNet(MaskedUpdates):
             rows = (task_ids == j).nonzero(as_tuple=True)[0] if len(tasks) > 1 else slice(None)
             xj, tj = x[rows], task_ids[rows]
             # a task not learned yet sees every weight it would train with (owners < j and the free ones)
-            z = self.backbone(xj, tj) if j >= learned else functional_call(self.backbone, self.task_weights(j), (xj, tj))
+            z = self.backbone(xj, tj) if j >= learned \
+                else functional_call(self.backbone, self.task_weights(j), (xj, tj))
             if len(tasks) == 1:
                 return z
             out = z.new_empty(x.shape[0], z.shape[1]) if out is None else out
@@ -465,7 +466,8 @@ class HAT(MaskedUpdates):
     def after_task(self, task: Task) -> None:
         """a^{<=t} = max(a^{<t}, 1[e^t > 0])."""
         for l in range(len(self.layers)):
-            self.cum(l).copy_(torch.maximum(self.cum(l), (cast(nn.ParameterList, self.embeddings[task.id])[l] > 0).to(self.cum(l).dtype)))
+            hard = cast(nn.ParameterList, self.embeddings[task.id])[l] > 0
+            self.cum(l).copy_(torch.maximum(self.cum(l), hard.to(self.cum(l).dtype)))
 
     def state_bytes(self) -> int:
         """Cumulative masks plus every task's embeddings."""

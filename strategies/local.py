@@ -155,7 +155,8 @@ class QuadraticPenalty(ContinualModule):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --------------------------------------------------------------- probe data
-    def probe(self, task: Task, samples: int | None, batch_size: int) -> tuple[TaskOutputs, Iterator[tuple[Tensor, Tensor]]]:
+    def probe(self, task: Task, samples: int | None,
+              batch_size: int) -> tuple[TaskOutputs, Iterator[tuple[Tensor, Tensor]]]:
         """The task's likelihood model and batches ``(x, y)`` of ``samples`` random training samples.
 
         Labels are indices into the likelihood's outputs: the task's classes for a
@@ -171,7 +172,8 @@ class QuadraticPenalty(ContinualModule):
             y = lut[y]
         model = TaskOutputs(self.backbone, task.id, classes).to(self.device)
         dtype = self.anchors.dtype
-        batches = iterate_eval(task.x_train[idx], y, batch_size, device=self.device, mean=self.data_mean, std=self.data_std)
+        batches = iterate_eval(task.x_train[idx], y, batch_size, device=self.device, mean=self.data_mean,
+                               std=self.data_std)
         return model, ((x.to(dtype), yb) for x, yb in batches)
 
 

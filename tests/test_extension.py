@@ -60,7 +60,8 @@ def test_a_strategy_with_a_new_family_runs_and_is_listed(tmp_path, capsys) -> No
 def test_import_flag_registers_a_strategy_from_the_users_folder(tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "user_strategy_mod.py").write_text(
         "from cl_bench.module import ContinualModule\nfrom cl_bench.registry import register\n\n\n"
-        "@register('user_naive')\nclass UserNaive(ContinualModule):\n    \"\"\"Fine-tuning, from the user's file.\"\"\"\n"
+        "@register('user_naive')\nclass UserNaive(ContinualModule):\n"
+        "    \"\"\"Fine-tuning, from the user's file.\"\"\"\n"
         "    family = 'user'\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CL_BENCH_IMPORTS", "")  # restored after the test: main() sets it for workers

@@ -44,7 +44,8 @@ def params_of(model: nn.Module) -> list[Tensor]:
 
 def grad_of(scalar: Tensor, model: nn.Module) -> Tensor:
     grads = torch.autograd.grad(scalar, params_of(model), allow_unused=True, retain_graph=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params_of(model))])
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                      for g, p in zip(grads, params_of(model))])
 
 
 def brute_fisher(model: nn.Module, x: Tensor, weight) -> Tensor:
@@ -106,7 +107,8 @@ def test_sampled_fisher_uses_model_labels_and_is_unbiased() -> None:
     gen, labels = torch.Generator().manual_seed(7), []
     for xb, _ in batches(x, y):  # the same draws, replayed
         labels += torch.multinomial(model(xb).detach().softmax(-1), 1, generator=gen).squeeze(1).tolist()
-    torch.testing.assert_close(got, brute_fisher(model, x, lambda i, c, p: float(c == labels[i])), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got, brute_fisher(model, x, lambda i, c, p: float(c == labels[i])),
+                               rtol=1e-10, atol=1e-12)
     # one label per sample is a Monte-Carlo estimate of the exact Fisher: average many draws
     xr, yr = x.repeat(400, 1, 1, 1), y.repeat(400)
     mc = diag_fisher(model, batches(xr, yr, 1000), "sampled", torch.Generator().manual_seed(0))
@@ -139,7 +141,8 @@ def test_dense_hessian_accumulates_batches_to_the_full_batch_hessian() -> None:
     model = TaskOutputs(tiny(), 0, TASKS[0])
     x, y = data(11)
     loss, theta = full_batch_loss(model, x, y)
-    torch.testing.assert_close(dense_hessian(model, batches(x, y, 4)), torch.func.hessian(loss)(theta), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(dense_hessian(model, batches(x, y, 4)), torch.func.hessian(loss)(theta),
+                               rtol=1e-9, atol=1e-12)
 
 
 def test_dense_ggn_is_jt_h_j_and_its_diagonal_is_the_exact_fisher() -> None:

@@ -73,7 +73,8 @@ def fit_task(module: ContinualModule, task: Task, epochs: int = 2, callbacks: li
     """before_task -> a real Lightning fit per phase of the task (the runner's fit_phases) -> after_task."""
     module.before_task(task)
     module.train()  # Lightning keeps the mode it finds (an evaluation may have left eval mode on)
-    fit_phases(module, task, task_batches(module, task), lambda phase: lightning_trainer(phase.epochs or epochs, callbacks))
+    fit_phases(module, task, task_batches(module, task),
+               lambda phase: lightning_trainer(phase.epochs or epochs, callbacks))
     module.after_task(task)
 
 
@@ -208,4 +209,5 @@ def test_gpm_extend_takes_the_smallest_basis_meeting_the_energy_threshold(thresh
     assert m2.shape[1] - m1.shape[1] == brute_gpm_k(reps2, m1, threshold)
     torch.testing.assert_close(m2.T @ m2, torch.eye(m2.shape[1], dtype=torch.float64), atol=1e-10, rtol=0)
     # representations already explained by the basis add nothing
-    assert gpm_extend(m2, m2 @ torch.randn(m2.shape[1], 9, generator=g, dtype=torch.float64), threshold).shape == m2.shape
+    inside = m2 @ torch.randn(m2.shape[1], 9, generator=g, dtype=torch.float64)
+    assert gpm_extend(m2, inside, threshold).shape == m2.shape

@@ -99,7 +99,8 @@ def test_wandb_eval_curves_use_tasks_trained_and_steps_are_monotone(
         assert [h[f"eval/loss_task{j}"] for j in range(2)] == pytest.approx(loss[t])
         assert h["eval/acc_seen"] == pytest.approx(sum(acc[t][: t + 1]) / (t + 1))
         assert h["trainer/global_step"] == logged.cumulative[t]
-    defined = {r["metric"].get("name"): r["metric"].get("step_metric") for r in wandb_run.records if r["type"] == "metric"}
+    defined = {r["metric"].get("name"): r["metric"].get("step_metric")
+               for r in wandb_run.records if r["type"] == "metric"}
     assert defined["eval/acc_task0"] == defined["eval/loss_task1"] == defined["eval/acc_seen"] == "tasks_trained"
     # training loss of both tasks in one run, on one increasing step axis
     train = [(h["trainer/global_step"], k) for h in wandb_run.history for k in h if k.startswith("train/loss_task")]

@@ -1,4 +1,5 @@
-"""The Markdown report of a real (tiny) experiment: tables against brute-force statistics, plots against the matrices."""
+"""The Markdown report of a real (tiny) experiment: tables against brute-force statistics, plots against
+the matrices."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def test_metric_table_is_mean_and_std_over_seeds(report: SimpleNamespace) -> Non
     for setting in SETTINGS:
         rows = {row["strategy"]: row for row in _table(_section(report.text, f"## {setting}"))}
         assert list(rows) == ["naive", "ewc", "joint"]  # the failed label has no row
-        best = max(("naive", "ewc", "joint"), key=lambda lb: statistics.fmean(r.metrics["acc"] for r in _runs(report, setting, lb)))
+        best = max(("naive", "ewc", "joint"),
+                   key=lambda lb: statistics.fmean(r.metrics["acc"] for r in _runs(report, setting, lb)))
         for label, row in rows.items():
             runs = _runs(report, setting, label)
             assert row["seeds"] == "2" and len(runs) == 2

@@ -9,7 +9,8 @@ import pytest
 from cl_bench.config import build_plan, load_config
 from cl_bench.runner import checkpoint_path, execute, result_path
 
-FAST = ["scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "settings=[class_il]", "checks.enabled=false"]
+FAST = ["scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "settings=[class_il]",
+        "checks.enabled=false"]
 
 
 class Interrupt(Exception):

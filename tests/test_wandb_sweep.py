@@ -67,7 +67,8 @@ def test_apply_grid_makes_one_label_per_grid_point_equal_to_the_scalar_config() 
             assert grid.strategy_class == strategy
             for part in ("params", "optimizer", "trainer", "model", "scenario", "checks"):
                 assert getattr(grid, part) == getattr(direct, part), (label, part)
-    assert runs[0].params == {} and [r for r in runs if r.strategy_class == "packnet"][0].params["prune_ratios"] == [0.5, 0.4]
+    assert runs[0].params == {}
+    assert [r for r in runs if r.strategy_class == "packnet"][0].params["prune_ratios"] == [0.5, 0.4]
     assert list(apply_grid(load_config([*BASE, "strategy=naive"])).strategy) == ["naive"]  # no axes: unchanged
 
 
@@ -130,7 +131,8 @@ def _fake_agent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spec: dict[str,
 
 
 def _assign(agent: Any, run_id: str, assignment: dict[str, Any]) -> Any:
-    agent._command_run({"run_id": run_id, "program": "cl-bench", "args": {k: {"value": v} for k, v in assignment.items()}})
+    agent._command_run({"run_id": run_id, "program": "cl-bench",
+                        "args": {k: {"value": v} for k, v in assignment.items()}})
     return agent._run_processes[run_id]
 
 
@@ -187,7 +189,8 @@ def test_under_an_agent_a_run_must_be_single(monkeypatch) -> None:
 
 def test_cli_sweep_writes_the_spec(tmp_path: Path, capsys) -> None:
     out = tmp_path / "spec"
-    assert main(["sweep", "--wandb", "--out", str(out), *BASE, "strategy=[naive,ewc]", "strategies.ewc.lam=[1,10]"]) == 0
+    assert main(["sweep", "--wandb", "--out", str(out), *BASE, "strategy=[naive,ewc]",
+                 "strategies.ewc.lam=[1,10]"]) == 0
     assert yaml.safe_load((out / "sweep.yaml").read_text())["parameters"]["strategy"]["values"][1] == "ewc@lam=1"
     assert "wandb agent" in (out / "README.md").read_text()
     assert main(["sweep", *BASE, "strategy=ewc", "strategies.ewc.lam=[1,2,3]"]) == 0

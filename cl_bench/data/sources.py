@@ -251,7 +251,8 @@ def _load_tinyimagenet(root: Path, download: bool, verify: bool) -> Source:
         raise ValueError(f"tinyimagenet: val_annotations.txt names wnids not in wnids.txt: {unknown[:5]}")
     test_paths = [folder / "val" / "images" / r[0] for r in rows]
     words = folder / "words.txt"
-    names = dict(line.split("\t", 1) for line in words.read_text().splitlines() if "\t" in line) if words.is_file() else {}
+    names = dict(line.split("\t", 1) for line in words.read_text().splitlines() if "\t" in line) \
+        if words.is_file() else {}
     d = {
         "x_train": _decode_jpegs(train_paths),
         "y_train": torch.tensor(train_labels, dtype=torch.long),
