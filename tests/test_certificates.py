@@ -16,12 +16,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_geometry_checks import quadratic_objective, spectrum_matrix
+from test_geometry_toys import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    toy_module,
+    toy_scenario,
+)
 
 from cl_bench.geometry import ChecksConfig, PairChecks, certificate, flat_params, module_objective, take_snapshot
 from cl_bench.geometry.remainder import gauss_legendre_remainder, legendre_nodes, stable_constant
-from test_geometry_checks import quadratic_objective, spectrum_matrix
-from test_geometry_toys import toy_module, toy_scenario
-from test_geometry_toys import single_thread  # noqa: F401  (autouse fixture)
 
 F64 = torch.float64
 CFG = ChecksConfig(k=4, lanczos_iters=200, lanczos_tol=1e-9, hutchinson_probes=4, radii=[0.01, 0.03, 0.1, 0.3, 1.0],

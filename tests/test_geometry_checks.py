@@ -1,4 +1,4 @@
-"""Checks C0-C11 and the certificates on toys with known answers (quadratic, least squares, two basins) and a small MLP."""
+"""Checks C0-C11 and the certificates on toys with known answers (quadratic, least squares, two basins), a small MLP."""
 
 from __future__ import annotations
 
@@ -6,12 +6,25 @@ import math
 
 import pytest
 import torch
+from test_geometry_toys import (
+    least_squares_objective,
+    quadratic_objective,
+    single_thread,  # noqa: F401  (autouse fixture)
+    toy_module,
+    toy_scenario,
+    xor_objective,
+)
 
-from cl_bench.geometry import (ChecksConfig, PairChecks, certificate, flat_params, leakage, module_objective,
-                               take_snapshot)
+from cl_bench.geometry import (
+    ChecksConfig,
+    PairChecks,
+    certificate,
+    flat_params,
+    leakage,
+    module_objective,
+    take_snapshot,
+)
 from cl_bench.geometry.lmc import barrier, layerwise_barriers
-from test_geometry_toys import least_squares_objective, quadratic_objective, toy_module, toy_scenario, xor_objective
-from test_geometry_toys import single_thread  # noqa: F401  (autouse fixture)
 
 F64 = torch.float64
 

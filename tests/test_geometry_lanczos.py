@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_geometry_toys import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    toy_module,
+    toy_scenario,
+)
 
 from cl_bench.geometry import HessianOperator, flat_params, hutchinson_trace, lanczos, module_objective
-from test_geometry_toys import toy_module, toy_scenario
-from test_geometry_toys import single_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")

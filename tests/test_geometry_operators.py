@@ -6,13 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 from curvlinops import GGNLinearOperator, HessianLinearOperator
+from test_geometry_toys import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    toy_module,
+    toy_scenario,
+)
 from torch.func import functional_call
 
-from cl_bench.geometry import (EmpiricalFisherOperator, GGNOperator, HessianOperator, ParamLayout, flat_params,
-                               make_operator, module_objective)
+from cl_bench.geometry import (
+    EmpiricalFisherOperator,
+    GGNOperator,
+    HessianOperator,
+    ParamLayout,
+    flat_params,
+    make_operator,
+    module_objective,
+)
 from cl_bench.geometry.objective import _Logits
-from test_geometry_toys import toy_module, toy_scenario
-from test_geometry_toys import single_thread  # noqa: F401  (autouse fixture)
 
 
 def setup(setting: str = "class_il", head: str = "single", mask: bool = False, batch_size: int | None = 7):

@@ -8,14 +8,17 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_geometry_toys import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    toy_module,
+    toy_scenario,
+)
 
 from cl_bench.config import ConfigError, to_dataclass
 from cl_bench.data import TaskBatches
 from cl_bench.geometry import CHECKS, ChecksConfig, GeometryTracker
 from cl_bench.module import ContinualModule
 from cl_bench.runner import quiet_lightning
-from test_geometry_toys import toy_module, toy_scenario
-from test_geometry_toys import single_thread  # noqa: F401  (autouse fixture)
 
 KEYS = {"id", "name", "o", "t", "verdict", "reason", "threshold", "values", "floor", "cost"}
 FAST = dict(k=3, lanczos_iters=40, hutchinson_probes=4, radii=[0.1, 1.0], lmc_alphas=[0.5])

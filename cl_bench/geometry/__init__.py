@@ -1,4 +1,6 @@
-"""Loss-landscape geometry: curvature operators, Lanczos, trace estimation and the guarantee checks (docs/guarantees.md).
+"""Loss-landscape geometry: curvature operators, Lanczos, trace estimation, guarantee checks and certificates.
+
+Every check and certificate is described in docs/guarantees.md.
 
 ``fisher`` and ``kfac`` (EWC-family curvature, another owner) live next to these modules.
 """
@@ -9,8 +11,14 @@ from .config import CHECKS, DEFAULT_CHECKS, ChecksConfig, LipschitzConfig
 from .hutchinson import TraceEstimate, hutchinson_trace
 from .lanczos import LanczosResult, lanczos
 from .objective import Objective, ParamLayout, flat_params, module_objective, setting_columns
-from .operators import (CURVATURES, CurvatureOperator, EmpiricalFisherOperator, GGNOperator, HessianOperator,
-                        make_operator)
+from .operators import (
+                        CURVATURES,
+                        CurvatureOperator,
+                        EmpiricalFisherOperator,
+                        GGNOperator,
+                        HessianOperator,
+                        make_operator,
+)
 from .snapshot import Snapshot, take_snapshot
 from .tracker import GeometryTracker, LeakageCallback
 

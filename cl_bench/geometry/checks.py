@@ -178,7 +178,10 @@ class PairChecks:
         lin, quad = self.linear, 0.5 * self.hess_quadratic
         rem = self.forgetting - lin - quad
         total = abs(lin) + abs(quad) + abs(rem)
-        share = (lambda v: abs(v) / total if total > 0 else 0.0)
+
+        def share(v: float) -> float:
+            return abs(v) / total if total > 0 else 0.0
+
         return {"linear": lin, "quadratic": quad, "remainder": rem, "share_linear": share(lin),
                 "share_quadratic": share(quad), "share_remainder": share(rem),
                 "explained": 1.0 - share(rem) if total > 0 else 1.0}
@@ -202,7 +205,8 @@ class PairChecks:
             kinds["exact_isolation"] = {
                 "certified": ok, "prediction": 0.0 if ok else None, "bound": 0.0 if ok else None,
                 "n_isolated": int(s.isolated.sum()),
-                "reason": None if ok else f"max |D| on the {int(s.isolated.sum())} isolated parameters = {max_moved:.3g}"}
+                "reason": None if ok else
+                f"max |D| on the {int(s.isolated.sum())} isolated parameters = {max_moved:.3g}"}
 
         rem_bound = self.remainder_bound
         why_radius = self.radius_reason()
@@ -445,9 +449,11 @@ class PairChecks:
         (linear mode connectivity) and the layer-wise barriers are reported next to it."""
         loss = self.snap.objective.loss
         full = barrier(loss, self.snap.theta, self.theta_t, self.cfg.lmc_alphas, self.snap.loss, self.loss_t)
-        profile = [self.snap.loss, *full["loss"], self.loss_t]
+        curve: list[float] = list(full["loss"])  # type: ignore[arg-type]
+        alphas: list[float] = list(full["alphas"])  # type: ignore[arg-type]
+        profile = [self.snap.loss, *curve, self.loss_t]
         rise = max(profile) - self.snap.loss
-        vals: dict[str, Any] = {"rise": rise, "barrier": full["barrier"], "alphas": [0.0, *full["alphas"], 1.0],
+        vals: dict[str, Any] = {"rise": rise, "barrier": full["barrier"], "alphas": [0.0, *alphas, 1.0],
                                 "loss": profile}
         if self.cfg.lmc_layerwise and self.groups:
             layers = layerwise_barriers(loss, self.snap.theta, self.theta_t, self.groups, self.cfg.lmc_layer_alphas,

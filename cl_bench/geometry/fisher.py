@@ -23,7 +23,7 @@ Diagonal Fisher variants (Kunstner et al. 2019 discuss the difference):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +60,19 @@ class TaskOutputs(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.multi_head:
-            return self.net.head.heads[self.task_id](self.net.features(x))
+            net: Any = self.net
+            return net.head.heads[self.task_id](net.features(x))
         logits = self.net(x)
         return logits if self.index is None else logits.index_select(-1, self.index)
+
+
+def sum_tensors(terms: Iterable[Tensor]) -> Tensor:
+    """Sum of a non-empty iterable of tensors."""
+    it = iter(terms)
+    total = next(it)
+    for t in it:
+        total = total + t
+    return total
 
 
 def trainable(model: nn.Module) -> dict[str, Tensor]:
@@ -139,12 +149,13 @@ def diag_fisher(model: nn.Module, batches: Batches, kind: str, generator: torch.
             p = model(x).softmax(-1)  # [B, K]
         if kind == "exact":  # sum_c p_c g_c^2, in chunks of [b, K, P] per-class gradients
             size = _rows(model, p.shape[1])
-            part = sum(_weighted_squares(_class_grads(model, xc), pc) for xc, pc in zip(x.split(size), p.split(size)))
+            part = sum_tensors(_weighted_squares(_class_grads(model, xc), pc)
+                               for xc, pc in zip(x.split(size), p.split(size)))
         else:
             c = y if kind.startswith("empirical") else torch.multinomial(p, 1, generator=generator).squeeze(1)
             w = p.gather(1, y[:, None]).squeeze(1) if kind == "empirical_weighted" else torch.ones_like(p[:, 0])
             size = _rows(model, 1)
-            part = sum(_weighted_squares(_sample_grads(model, xc, cc), wc)
+            part = sum_tensors(_weighted_squares(_sample_grads(model, xc, cc), wc)
                        for xc, cc, wc in zip(x.split(size), c.split(size), w.split(size)))
         total = part if total is None else total + part
         n += x.shape[0]
@@ -163,10 +174,11 @@ def mas_importance(model: nn.Module, batches: Batches) -> Tensor:
     def sq_norm(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(model, p, (x.unsqueeze(0),)).square().sum()
 
-    total, n = None, 0
+    total: Tensor | None = None
+    n = 0
     for x, _ in batches:
         per_sample = (vmap(grad(sq_norm), in_dims=(None, 0))(params, xc) for xc in x.split(_rows(model, 1)))
-        part = sum(torch.cat([g.abs().sum(0).reshape(-1) for g in grads.values()]) for grads in per_sample)
+        part = sum_tensors(torch.cat([g.abs().sum(0).reshape(-1) for g in grads.values()]) for grads in per_sample)
         total = part if total is None else total + part
         n += x.shape[0]
     if total is None:

@@ -35,7 +35,7 @@ class LanczosResult:
 
 
 def _orthogonalise(w: Tensor, q: Tensor) -> Tensor:
-    """w <- (I - Q^T Q) w twice, rows of q orthonormal."""
+    """W <- (I - Q^T Q) w twice, rows of q orthonormal."""
     for _ in range(2):
         w = w - q.T @ (q @ w)
     return w

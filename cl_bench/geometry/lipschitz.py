@@ -34,7 +34,7 @@ def lipschitz_lower(f: Callable[[Tensor], Tensor], x: Tensor) -> float:
 def _power_norm(layer: nn.Module, shape: Sequence[int], iters: int, like: Tensor) -> float:
     """||J||_2 of an affine layer by power iteration on J^T J (J constant, taken at 0)."""
     x0 = torch.zeros((1, *shape), dtype=like.dtype, device=like.device)
-    _, vjp_fn = torch.func.vjp(layer, x0)
+    _, vjp_fn = torch.func.vjp(layer, x0)[:2]
     v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(x0)
     sigma = 0.0
     for _ in range(iters):

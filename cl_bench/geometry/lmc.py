@@ -37,5 +37,6 @@ def layerwise_barriers(loss: Callable[[Tensor], float], theta_a: Tensor, theta_b
             continue
         end = theta_a.clone()
         end[sl] = theta_b[sl]
-        out[name] = float(barrier(loss, theta_a, end, alphas, loss_a=la)["barrier"])
+        b = barrier(loss, theta_a, end, alphas, loss_a=la)["barrier"]
+        out[name] = float(b) if isinstance(b, (int, float)) else max(b)
     return out

@@ -14,6 +14,8 @@ from plain functions. theta is the network's flat vector of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,14 +46,16 @@ class _Logits(nn.Module):
         self.m, self.train_mode_logits = module, train
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.m.train_logits(x, t) if self.train_mode_logits else self.m(x, t)
+        m: Any = self.m
+        return m.train_logits(x, t) if self.train_mode_logits else m(x, t)
 
 
 def setting_columns(module: nn.Module, task_id: int) -> list[int] | None:
     """The outputs task ``task_id`` is evaluated on: its own classes in task-IL, None (all) otherwise."""
     if getattr(module, "setting", None) != "task_il" or not hasattr(module, "class_mask"):
         return None
-    return [int(c) for c in module.class_mask[task_id].nonzero().flatten()]
+    mask: Tensor = getattr(module, "class_mask")
+    return [int(c) for c in mask[task_id].nonzero().flatten()]
 
 
 class Objective:

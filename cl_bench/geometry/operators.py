@@ -87,7 +87,11 @@ class HessianOperator(CurvatureOperator):
 
     def _matvec(self, v: Tensor) -> Tensor:
         with torch.enable_grad():
-            return sum(_grad(g, self._leaf, v) if g.requires_grad else torch.zeros_like(v) for g in self._grads)
+            out = torch.zeros_like(v)
+            for g in self._grads:
+                if g.requires_grad:
+                    out = out + _grad(g, self._leaf, v)
+            return out
 
 
 class _OuterProductOperator(CurvatureOperator):

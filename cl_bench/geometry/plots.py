@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from cl_bench.results import RunResult
 

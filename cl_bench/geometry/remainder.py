@@ -10,12 +10,15 @@ product per point) for unit directions u and radii r on a grid. The directions
 start at the top eigenvectors of H_o, the gradient g_o and random vectors, and
 are refined by a few steps of the higher-order power method on the third
 derivative tensor T (u <- T[u, u, .] / ||T[u, u, .]||), which climbs towards the
-direction of T's spectral norm, the constant the remainder needs at small radii. The running maximum M(r) = max_{u, r' <= r} q(u, r')
-is "stable" while it stays within ``stability`` x max(M(r_1), floor) of its
-value at the smallest radius, floor = 1000 eps ||H_o u||_max / r_1 being the
-size of a quotient made of rounding errors alone; r_o is the largest such grid
-radius, and M_o = ``safety`` x max(M(r_o), floor). Both are estimates (a maximum over sampled
-directions, not over the ball): the soundness battery tests them.
+direction of T's spectral norm, the constant the remainder needs at small radii.
+The running maximum M(r) = max_{u, r' <= r} q(u, r') is "stable" while it stays
+within ``stability`` x max(M(r_1), floor) of its value at the smallest radius,
+floor = 1000 eps ||H_o u||_max / r_1 being the size of a quotient made of
+rounding errors alone; r_o is the largest such grid radius, and
+M_o = ``safety`` x max(M(r_o), floor). Both are estimates (a maximum over
+sampled directions, not over the ball): the soundness battery tests them.
+Below r_1 nothing is sampled, so the certificates bound the Hessian's change
+there by its change at r_1 (see ``PairChecks.remainder_bound``).
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def hessian_lipschitz(objective: Objective, theta: Tensor, eigvecs: Tensor, n_ei
         return {"M": math.inf, "r": 0.0, "quotients": {}, "hvp": 0, "running_max": [], "radii": radii}
     h0 = HessianOperator(objective, theta)
     n, h0_max = 0, 0.0
-    quotients: dict[str, list[float | None]] = {}
+    quotients: dict[str, list[float]] = {}
     for name, u in starts:
         first: list[float] = []
         for _ in range(power_iters):
@@ -94,7 +97,7 @@ def hessian_lipschitz(objective: Objective, theta: Tensor, eigvecs: Tensor, n_ei
             u = w / w.norm()
         h0u = h0.matvec(u)
         h0_max = max(h0_max, float(h0u.norm()))
-        curve: list[float | None] = []
+        curve: list[float] = []
         for r in radii:
             w, k = _quotient(objective, theta, u, h0u, r)
             n += k

@@ -31,7 +31,7 @@ def battery_overrides(lr: float, epochs: int, out: Path, strategies: str = "all"
 
 
 def count(results: list[Any]) -> dict[str, dict[str, int]]:
-    """setting -> counts of pairs, certified pairs per kind (chosen / held), violations, bound / E <= 1.5."""
+    """Setting -> counts of pairs, certified pairs per kind (chosen / held), violations, bound / E <= 1.5."""
     out: dict[str, Counter] = {}
     for r in results:
         cert = (r.checks or {}).get("certificate") if isinstance(r.checks, dict) else None
@@ -70,6 +70,7 @@ def run_battery(lrs: list[float], epochs: int, out: Path, strategies: str = "all
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: run the battery, write ``soundness.json`` under ``--out``, print the counts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.005, 0.05, 0.2])
     parser.add_argument("--epochs", type=int, default=1)

@@ -25,8 +25,8 @@ from .config import CHECKS
 LEGEND = ("C<i>: passes (n/a in brackets; floor-decided verdicts in docs/guarantees.md); "
           "cert: certified pairs as exact isolation/null space/Taylor bound; viol: certified pairs with E > bound; "
           "bnd/E: median bound / E over certified pairs with E >= loss_eps; kappa: |E - E_hat| / (|E| + |g.D| + "
-          "|D^T H D|/2); expl: share of E explained by g.D + D^T H D/2; E/E_hat: measured / predicted forgetting (nats); s/HVP: check cost "
-          "per run. "
+          "|D^T H D|/2); expl: share of E explained by g.D + D^T H D/2; E/E_hat: measured / predicted "
+          "forgetting (nats); s/HVP: check cost per run. "
           "See docs/guarantees.md.")
 
 def records(result: RunResult, check_id: str) -> list[dict[str, Any]]:
@@ -56,7 +56,7 @@ def group_runs(results: list[RunResult]) -> dict[str, list[RunResult]]:
 
 
 def verdict_counts(runs: list[RunResult]) -> dict[str, Counter]:
-    """check id -> Counter of verdicts over every record of ``runs``."""
+    """Check id -> Counter of verdicts over every record of ``runs``."""
     counts: dict[str, Counter] = {}
     for run in runs:
         for rec in run.checks.get("records", []):
@@ -80,7 +80,7 @@ def guarantee_table(results: list[RunResult]) -> Table:
     E_hat (C2), check cost per run (seconds / curvature products, snapshots included). The caption is
     :data:`LEGEND`."""
     groups = group_runs(results)
-    totals = Counter()
+    totals: Counter = Counter()
     for runs in groups.values():
         for cid, c in verdict_counts(runs).items():
             totals[cid] += c["pass"] + c["fail"]

@@ -35,7 +35,7 @@ from .certificate import certificate
 from .checks import PairChecks, record
 from .config import ChecksConfig
 from .lipschitz import lipschitz_lower, lipschitz_upper
-from .objective import module_objective, setting_columns
+from .objective import module_objective
 from .operators import make_operator
 from .snapshot import Snapshot, take_snapshot
 
@@ -144,7 +144,7 @@ class GeometryTracker:
 
             vals["lipschitz_lower"] = lipschitz_lower(logits, x)
             chain, head_w, why = self._chain(module, o, cols)
-            if chain is not None:
+            if chain is not None and head_w is not None:
                 vals["lipschitz_upper"], why = lipschitz_upper(chain, head_w, x, cfg.lipschitz.power_iters)
             if why:
                 reasons.append(f"lipschitz upper: {why}")
@@ -160,7 +160,8 @@ class GeometryTracker:
         if not isinstance(body, nn.Sequential):
             return None, None, "backbone has no sequential body"
         if isinstance(head, MultiHead):
-            return list(body), head.heads[o].weight, None
+            head_o: Any = head.heads[o]
+            return list(body), head_o.weight, None
         if isinstance(head, nn.Linear):
             return list(body), head.weight[cols] if cols is not None else head.weight, None
         return None, None, f"head {type(head).__name__} is not linear"
@@ -258,7 +259,8 @@ class GeometryTracker:
         return {
             "config": asdict(self.cfg), "snapshots": [self.snapshots[o].record for o in sorted(self.snapshots)],
             "records": self.records, "certificate": certificate(self.pairs),
-            "verdicts": {k: dict(v) for k, v in verdicts.items()}, "floor_verdicts": dict(floors), "cost": dict(cost), "warnings": self.warnings,
+            "verdicts": {k: dict(v) for k, v in verdicts.items()}, "floor_verdicts": dict(floors),
+            "cost": dict(cost), "warnings": self.warnings,
         }
 
 
@@ -276,7 +278,7 @@ class LeakageCallback(L.Callback):
         self._prev: Tensor | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._t = pl_module.current_task
+        self._t: int = int(getattr(pl_module, "current_task"))
         past = self.tracker.begin_steps(self._t)
         self._prev = None
         if not past:
