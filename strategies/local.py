@@ -120,14 +120,14 @@ class QuadraticPenalty(ContinualModule):
         return 1.0
 
     # ----------------------------------------------------------------- the core
-    def flat_params(self) -> Tensor:
+    def theta(self) -> Tensor:
         """The parameters theta ``[P]`` (differentiable)."""
         return flatten(self.network())
 
     def penalty(self) -> Tensor:
         if self.anchors.shape[0] == 0:
             return torch.zeros((), device=self.device)
-        delta = self.flat_params()[None] - self.anchors
+        delta = self.theta()[None] - self.anchors
         return 0.5 * self.params.lam * self.quadratic(delta)
 
     def after_task(self, task: Task) -> None:
@@ -136,7 +136,7 @@ class QuadraticPenalty(ContinualModule):
         with torch.enable_grad():
             curvature = self.importance(task)
         self.train(was_training)
-        self.consolidate(curvature, self.flat_params().detach())
+        self.consolidate(curvature, self.theta().detach())
 
     @torch.no_grad()
     def consolidate(self, curvature: dict[str, Tensor], anchor: Tensor) -> None:
@@ -224,13 +224,31 @@ class EWCParams(ProbeParams):
 
 @register("ewc")
 class EWC(QuadraticPenalty):
-    """EWC (Kirkpatrick et al. 2017, Eq. 3): one anchor and one diagonal Fisher per task."""
+    """EWC (Kirkpatrick et al. 2017, Eq. 3): one anchor and one diagonal Fisher per task.
+
+    After task o (``after_task``: eval mode, then ``consolidate`` appends to the buffers
+    ``anchors [O, P]`` and ``curv_diag [O, P]``), on ``samples`` training samples S_o of the task:
+
+        theta_o* = the parameters at the end of task o
+        F_o,i = 1/|S_o| sum_{x in S_o} sum_y p(y | x; theta_o*) (d log p(y | x; theta_o*) / d theta_i)^2
+
+    (``fisher: exact``; ``sampled`` draws y ~ p, ``empirical`` takes the true label, ``batch`` squares
+    minibatch gradients: ``cl_bench.geometry.fisher.diag_fisher``). During every later task the step's
+    loss adds
+
+        penalty(theta) = lam/2 * sum_o sum_i F_o,i (theta_i - theta_o,i*)^2.
+    """
 
     Params = EWCParams
 
     def importance(self, task: Task) -> dict[str, Tensor]:
+        """F_o at the current parameters theta_o*."""
         model, batches = self.probe(task, self.params.samples, self.params.probe_batch_size)
         return {"diag": diag_fisher(model, batches, self.params.fisher)}
+
+    def quadratic(self, delta: Tensor) -> Tensor:
+        """sum_o sum_i F_o,i delta_o,i^2 for ``delta = theta - theta_o*`` stacked ``[O, P]``."""
+        return (self.curv_diag * delta.square()).sum()
 
 
 @dataclass
@@ -304,7 +322,7 @@ class SI(QuadraticPenalty):
     def before_task(self, task: Task) -> None:
         super().before_task(task)
         self.omega.zero_()
-        self.task_start.copy_(self.flat_params().detach())
+        self.task_start.copy_(self.theta().detach())
 
     def penalty_importance(self) -> Tensor:
         """The penalty's importance ``[O, P]``: the cumulative Omega, clipped at ``clip`` if set."""
@@ -317,7 +335,7 @@ class SI(QuadraticPenalty):
         """The gradient d penalty / d theta = lam * sum_o Omega_o * (theta - theta_o*) (closed form, no backward)."""
         if self.anchors.shape[0] == 0:
             return torch.zeros(self.n_params, device=self.device)
-        return self.params.lam * (self.penalty_importance() * (self.flat_params().detach()[None] - self.anchors)).sum(0)
+        return self.params.lam * (self.penalty_importance() * (self.theta().detach()[None] - self.anchors)).sum(0)
 
     @torch.no_grad()
     def transform_gradients(self) -> None:
@@ -334,7 +352,7 @@ class SI(QuadraticPenalty):
 
     @torch.no_grad()
     def importance(self, task: Task) -> dict[str, Tensor]:
-        delta = self.flat_params() - self.task_start
+        delta = self.theta() - self.task_start
         return {"diag": self.omega / (delta.square() + self.params.xi)}
 
 
@@ -484,7 +502,7 @@ class QuadraticExact(QuadraticPenalty):
     def penalty(self) -> Tensor:
         if self.anchors.shape[0] == 0:
             return torch.zeros((), device=self.device)
-        u = self.flat_params() - self.anchors[-1]
+        u = self.theta() - self.anchors[-1]
         au = self.curv_sum @ u.detach()  # the one P x P product: A u is also the gradient of u^T A u / 2
         quad = u @ au - 0.5 * u.detach() @ au  # value u^T A u / 2, gradient A u (A symmetric)
         return self.params.lam * (quad + u @ self.lin + 0.5 * self.const)

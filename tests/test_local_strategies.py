@@ -100,12 +100,12 @@ def test_ewc_keeps_one_exact_fisher_and_anchor_per_task(head: str, mask: bool) -
     fishers, anchors = [], []
     for task in sc.tasks:
         fishers.append(brute_exact_fisher(module, task))
-        anchors.append(module.flat_params().detach().clone())
+        anchors.append(module.theta().detach().clone())
         finish(module, task)
         jump(module, seed=task.id)
     torch.testing.assert_close(module.curv_diag, torch.stack(fishers), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(module.anchors, torch.stack(anchors))
-    theta = module.flat_params().detach()
+    theta = module.theta().detach()
     want = 1.5 * sum((f * (theta - a).square()).sum() for f, a in zip(fishers, anchors))
     torch.testing.assert_close(module.penalty(), want)
 
@@ -115,13 +115,13 @@ def test_online_ewc_decays_one_running_fisher_with_one_anchor() -> None:
     f0 = brute_exact_fisher(module, sc.tasks[0])
     finish(module, sc.tasks[0])
     jump(module)
-    f1, anchor = brute_exact_fisher(module, sc.tasks[1]), module.flat_params().detach().clone()
+    f1, anchor = brute_exact_fisher(module, sc.tasks[1]), module.theta().detach().clone()
     finish(module, sc.tasks[1])
     jump(module, seed=1)
     assert module.anchors.shape == (1, module.n_params) and module.curv_diag.shape == (1, module.n_params)
     torch.testing.assert_close(module.curv_diag[0], 0.7 * f0 + f1, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(module.anchors[0], anchor)
-    theta = module.flat_params().detach()
+    theta = module.theta().detach()
     torch.testing.assert_close(module.penalty(), ((0.7 * f0 + f1) * (theta - anchor).square()).sum())
 
 
@@ -129,10 +129,10 @@ def test_l2_is_the_identity_curvature() -> None:
     module, sc = build(L2, L2Params(lam=4.0))
     anchors = []
     for task in sc.tasks:
-        anchors.append(module.flat_params().detach().clone())
+        anchors.append(module.theta().detach().clone())
         finish(module, task)
         jump(module, seed=task.id)
-    theta = module.flat_params().detach()
+    theta = module.theta().detach()
     torch.testing.assert_close(module.penalty(), 2.0 * sum((theta - a).square().sum() for a in anchors))
 
 
@@ -166,10 +166,10 @@ def test_kfac_penalty_equals_the_dense_kronecker_quadratic(head: str) -> None:
     module, sc = build(KFACEWC, KFACParams(lam=3.0, samples=None), head)
     anchors = []
     for task in sc.tasks:
-        anchors.append(module.flat_params().detach().clone())
+        anchors.append(module.theta().detach().clone())
         finish(module, task)
         jump(module, seed=task.id)
-    theta = module.flat_params().detach()
+    theta = module.theta().detach()
     want = 1.5 * sum((theta - a) @ kfac_dense(module, o) @ (theta - a) for o, a in enumerate(anchors))
     torch.testing.assert_close(module.penalty(), want, rtol=1e-10, atol=1e-12)
     assert module.penalty() > 0
@@ -182,7 +182,7 @@ def test_quadratic_exact_hessian_is_the_second_order_taylor_model() -> None:
     task = sc.tasks[1]
     module.before_task(task)
     x, t = inputs(module, task), torch.full((task.n_train,), task.id)
-    theta0 = module.flat_params().detach().clone()
+    theta0 = module.theta().detach().clone()
     ps = module.network()
 
     def loss(theta: Tensor) -> Tensor:
@@ -218,10 +218,10 @@ def test_quadratic_exact_expanded_sum_equals_the_sum_over_past_tasks() -> None:
         module.before_task(task)
         module.eval()
         curvatures.append(module.importance(task)["dense"])
-        anchors.append(module.flat_params().detach().clone())
+        anchors.append(module.theta().detach().clone())
         module.after_task(task)
         jump(module, seed=task.id)
-    theta = module.flat_params().detach()
+    theta = module.theta().detach()
     want = 1.5 * sum((theta - a) @ f @ (theta - a) for f, a in zip(curvatures, anchors))
     torch.testing.assert_close(module.penalty(), want, rtol=1e-10, atol=1e-12)
     assert len(curvatures) == len(sc.tasks) >= 2 and want > 0
@@ -254,10 +254,10 @@ class PathRecorder(L.Callback):
             self.g_task = flat_grad_of(F.cross_entropy(module.train_logits(x, t), y), module)
         self.g_total = grad_vector(module.network()).clone()
         self.penalised_steps += int(not torch.allclose(self.g_task, self.g_total))
-        self.before = module.flat_params().detach().clone()
+        self.before = module.theta().detach().clone()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        d = module.flat_params().detach() - self.before
+        d = module.theta().detach() - self.before
         self.omega_task = self.omega_task - self.g_task * d
         self.omega_total = self.omega_total - self.g_total * d
 
@@ -269,7 +269,7 @@ def test_si_importance_is_the_path_integral_of_a_real_training_run(omega_grad: s
     big_omega = 0
     for task in sc.tasks:
         module.before_task(task)
-        start = module.flat_params().detach().clone()
+        start = module.theta().detach().clone()
         rec = PathRecorder()
         batches = TaskBatches(task.x_train, task.y_train, torch.full((task.n_train,), task.id), 6,
                               device="cpu", seed=task.id, mean=sc.mean, std=sc.std)
@@ -280,10 +280,10 @@ def test_si_importance_is_the_path_integral_of_a_real_training_run(omega_grad: s
         # 12 steps; the gradients differ once a penalty exists, except at the first step (theta = anchor)
         assert rec.penalised_steps == (11 if task.id else 0)
         module.after_task(task)
-        delta = module.flat_params().detach() - start
+        delta = module.theta().detach() - start
         big_omega = big_omega + omega / (delta.square() + 0.2)
         torch.testing.assert_close(module.curv_diag[0], big_omega, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(module.anchors[0], module.flat_params().detach())
+        torch.testing.assert_close(module.anchors[0], module.theta().detach())
     assert (big_omega.abs() > 1e-4).sum() > module.n_params // 2
     if clip is not None:  # the cap is active, and only in the penalty: Omega itself is kept whole
         assert (big_omega > clip).sum() > 5

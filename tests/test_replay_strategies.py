@@ -150,7 +150,8 @@ def test_der_stores_the_logits_it_saw_and_replays_them():
     fresh = build_module(spec, scenario)
     x, y = module.to_input(task.x_train[:16]), task.y_train[:16]
     fresh.training_step((x, y, torch.zeros_like(y)), 0)  # stores its own logits, no update
-    assert float(fresh.replay_loss(Step(x, y, torch.zeros_like(y))).detach()) == 0.0
+    # its stored logits are its outputs: 0 up to the summation order of a different batch shape
+    assert float(fresh.replay_loss(Step(x, y, torch.zeros_like(y))).detach()) < 1e-12
 
 
 # --------------------------------------------------------------------- iCaRL
