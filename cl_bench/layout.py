@@ -46,7 +46,7 @@ class ParamLayout:
     def dim(self) -> int:
         return sum(self.numels)
 
-    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+    def views(self, theta: Tensor) -> dict[str, Tensor]:
         """Views of ``theta [P]`` shaped like each parameter (differentiable)."""
         return {n: c.view(s) for n, c, s in zip(self.names, theta.split(self.numels), self.shapes)}
 
@@ -74,6 +74,11 @@ def unflatten(theta: Tensor, like: Iterable[Tensor]) -> list[Tensor]:
     """Split ``theta [P]`` into views shaped like ``like`` (in order)."""
     like = list(like)
     return [c.view_as(r) for c, r in zip(theta.split([r.numel() for r in like]), like)]
+
+
+def detached(module: nn.Module) -> dict[str, Tensor]:
+    """Detached views of the network's parameters by name, in the layout's order (for ``torch.func``)."""
+    return {n: p.detach() for n, p in network_parameters(module)}
 
 
 def flat_params(module: nn.Module) -> Tensor:

@@ -37,7 +37,7 @@ from cl_bench.geometry.fisher import (
 from cl_bench.geometry.kfac import KFAC_KINDS, LayerBlock, kfac_factors, kron_quadratic, layer_delta, linear_blocks
 from cl_bench.layout import ParamLayout, flatten, grad_vector
 from cl_bench.models import MultiHead
-from cl_bench.module import ContinualModule, OptimizerConfig
+from cl_bench.module import ContinualModule
 from cl_bench.registry import register
 
 
@@ -87,15 +87,8 @@ class QuadraticPenalty(ContinualModule):
     anchors: Tensor
     curv_diag: Tensor
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        scenario: Scenario,
-        params: Any = None,
-        optimizer: OptimizerConfig | None = None,
-        mask_train_logits: bool = False,
-    ) -> None:
-        super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
+    def __init__(self, backbone: nn.Module, scenario: Scenario, *args: Any, **kwargs: Any) -> None:
+        super().__init__(backbone, scenario, *args, **kwargs)
         self.data_mean, self.data_std = scenario.mean, scenario.std
         self.n_params = ParamLayout.of(self).dim
         self.register_buffer("anchors", torch.zeros(0, self.n_params))

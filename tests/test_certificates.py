@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from test_geometry_checks import quadratic_objective, spectrum_matrix
 from test_geometry_toys import (
     single_thread,  # noqa: F401  (autouse fixture)
+    toy_mlp_objective,
     toy_module,
     toy_scenario,
 )
@@ -34,12 +35,7 @@ CFG = ChecksConfig(k=4, lanczos_iters=200, lanczos_tol=1e-9, hutchinson_probes=4
 @pytest.fixture(scope="module")
 def mlp():
     """Snapshot of task 0 of a tanh MLP at a point trained a little on task 0, with its dense Hessian."""
-    sc = toy_scenario(n_per_class=20)
-    module = toy_module(sc, widths=[6], activation="tanh")
-    task = sc.tasks[0]
-    x = (task.x_train.double() / 255 - 0.4) / 0.3
-    obj = module_objective(module, x, task.y_train, 0, logits="setting")
-    theta = flat_params(module)
+    sc, module, obj, theta = toy_mlp_objective(6, logits="setting")
     for _ in range(50):  # gradient descent towards a minimum of L_0 (a realistic anchor, not stationary)
         theta = theta - 0.5 * obj.loss_and_grad(theta)[1]
     snap = take_snapshot(obj, theta, 0, CFG)

@@ -13,12 +13,10 @@ from cl_bench.geometry.fisher import (
     dense_ggn,
     dense_hessian,
     diag_fisher,
-    flatten,
     mas_importance,
-    trainable,
-    unflatten,
 )
 from cl_bench.geometry.kfac import kfac_factors, kron_quadratic, layer_delta, linear_blocks
+from cl_bench.layout import ParamLayout, detached, flatten
 from cl_bench.models import build_model
 
 TASKS = [[0, 1, 2], [3, 4, 5]]
@@ -69,9 +67,9 @@ def test_exact_fisher_enumerates_classes(head: str) -> None:
     want = brute_fisher(model, x, lambda i, c, p: p[c])
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     if head == "multi":  # the other task's head takes no part
-        other = [n for n in trainable(model) if n.startswith("net.head.heads.0")]
-        start = list(trainable(model)).index(other[0])
-        sizes = [v.numel() for v in trainable(model).values()]
+        other = [n for n in detached(model) if n.startswith("net.head.heads.0")]
+        start = list(detached(model)).index(other[0])
+        sizes = [v.numel() for v in detached(model).values()]
         off = sum(sizes[:start])
         assert got[off:off + sizes[start] + sizes[start + 1]].abs().max() == 0
 
@@ -133,8 +131,8 @@ def test_unknown_fisher_kind_names_the_key() -> None:
 
 # ------------------------------------------------------------------ dense
 def full_batch_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn=F.cross_entropy):
-    params = trainable(model)
-    return lambda th: loss_fn(torch.func.functional_call(model, unflatten(th, params), (x,)), y), flatten(params)
+    layout = ParamLayout.of(model)
+    return lambda th: loss_fn(torch.func.functional_call(model, layout.views(th), (x,)), y), flatten(detached(model))
 
 
 def test_dense_hessian_accumulates_batches_to_the_full_batch_hessian() -> None:
@@ -237,7 +235,7 @@ def test_kfac_factors_of_a_deep_net_match_their_definitions() -> None:
 def test_layer_delta_places_weight_and_bias_columns() -> None:
     model = tiny()
     blocks = linear_blocks(model)
-    theta = flatten(trainable(model))[None]
+    theta = flatten(detached(model))[None]
     for name, block in blocks.items():
         layer = model.get_submodule(name)
         torch.testing.assert_close(layer_delta(theta, block)[0], torch.cat([layer.weight, layer.bias[:, None]], 1))

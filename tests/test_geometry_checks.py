@@ -10,8 +10,7 @@ from test_geometry_toys import (
     least_squares_objective,
     quadratic_objective,
     single_thread,  # noqa: F401  (autouse fixture)
-    toy_module,
-    toy_scenario,
+    toy_mlp_objective,
     xor_objective,
 )
 
@@ -19,9 +18,7 @@ from cl_bench.geometry import (
     ChecksConfig,
     PairChecks,
     certificate,
-    flat_params,
     leakage,
-    module_objective,
     take_snapshot,
 )
 from cl_bench.geometry.lmc import barrier, layerwise_barriers
@@ -159,12 +156,7 @@ def test_leakage_is_one_inside_and_zero_orthogonal_to_the_basis():
 
 @pytest.fixture(scope="module")
 def mlp_snapshot():
-    sc = toy_scenario(n_per_class=20)
-    module = toy_module(sc, widths=[6], activation="tanh")
-    task = sc.tasks[0]
-    x = (task.x_train.double() / 255 - 0.4) / 0.3
-    obj = module_objective(module, x, task.y_train, 0)
-    theta = flat_params(module)
+    _, _, obj, theta = toy_mlp_objective(6)
     cfg = ChecksConfig(k=5, lanczos_iters=200, lanczos_tol=1e-9, hutchinson_probes=30,
                        radii=[0.01, 0.1, 1.0, 10.0, 100.0])
     snap = take_snapshot(obj, theta, 0, cfg)

@@ -6,22 +6,16 @@ import pytest
 import torch
 from test_geometry_toys import (
     single_thread,  # noqa: F401  (autouse fixture)
-    toy_module,
-    toy_scenario,
+    toy_mlp_objective,
 )
 
-from cl_bench.geometry import HessianOperator, flat_params, hutchinson_trace, lanczos, module_objective
+from cl_bench.geometry import HessianOperator, hutchinson_trace, lanczos
 
 
 @pytest.fixture(scope="module")
 def mlp_hessian():
     """Dense float64 Hessian of a small trained-at-random MLP on real toy data, and its operator."""
-    sc = toy_scenario(n_per_class=20)
-    module = toy_module(sc, widths=[8], activation="tanh")
-    task = sc.tasks[0]
-    x = (task.x_train.double() / 255 - 0.4) / 0.3
-    obj = module_objective(module, x, task.y_train, 0)
-    theta = flat_params(module)
+    _, _, obj, theta = toy_mlp_objective(8)
     op = HessianOperator(obj, theta)
     h = torch.func.hessian(lambda th: obj.chunk_loss(th, obj.x, obj.y))(theta)
     return op, h

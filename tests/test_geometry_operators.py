@@ -40,7 +40,7 @@ def dense_loss(module, x, y, task_id):
     t = torch.full((x.shape[0],), task_id)
 
     def logits(theta):
-        params = {f"m.{k}": v for k, v in layout.unflatten(theta).items()}
+        params = {f"m.{k}": v for k, v in layout.views(theta).items()}
         return functional_call(_Logits(module, True), params, (x, t))
 
     return logits, lambda theta: F.cross_entropy(logits(theta), y)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cl_bench.data import Scenario, Task
-from cl_bench.geometry import Objective
+from cl_bench.geometry import Objective, module_objective
+from cl_bench.layout import flat_params
 from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, OptimizerConfig
 
@@ -108,3 +109,17 @@ def test_xor_toy_endpoints_are_equal_minima_and_midpoint_is_high():
     obj, theta_a, theta_b = xor_objective()
     assert obj.loss(theta_a) == obj.loss(theta_b) < 1e-4
     assert obj.loss((theta_a + theta_b) / 2) == pytest.approx(5.0, abs=1e-3)
+
+
+def toy_inputs(task: Task) -> Tensor:
+    """The task's training images as float64 inputs, roughly standardised."""
+    return (task.x_train.double() / 255 - 0.4) / 0.3
+
+
+def toy_mlp_objective(width: int, logits: str = "train") -> tuple[Scenario, ContinualModule, Objective, Tensor]:
+    """A tanh MLP with one hidden layer of ``width`` on a 20-per-class toy scenario: task 0's probe
+    objective on its training set, and theta."""
+    sc = toy_scenario(n_per_class=20)
+    module = toy_module(sc, widths=[width], activation="tanh")
+    task = sc.tasks[0]
+    return sc, module, module_objective(module, toy_inputs(task), task.y_train, 0, logits=logits), flat_params(module)

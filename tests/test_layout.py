@@ -48,7 +48,7 @@ def test_flatten_unflatten_and_gradient_vectors_round_trip() -> None:
     params = module.network()
     theta = flat_params(module)
     assert all(torch.equal(a, b) for a, b in zip(unflatten(theta, params), params))
-    assert torch.equal(flatten(ParamLayout.of(module).unflatten(theta)), theta)
+    assert torch.equal(flatten(ParamLayout.of(module).views(theta)), theta)
     g = torch.randn_like(theta)
     write_grad(params, g)
     assert torch.equal(grad_vector(params), g)

@@ -125,13 +125,19 @@ def test_online_ewc_decays_one_running_fisher_with_one_anchor() -> None:
     torch.testing.assert_close(module.penalty(), ((0.7 * f0 + f1) * (theta - anchor).square()).sum())
 
 
-def test_l2_is_the_identity_curvature() -> None:
-    module, sc = build(L2, L2Params(lam=4.0))
+def anchors_then_jump(module, sc) -> list[Tensor]:
+    """Consolidate every task, moving theta randomly after each; the anchors theta_o* in order."""
     anchors = []
     for task in sc.tasks:
         anchors.append(module.theta().detach().clone())
         finish(module, task)
         jump(module, seed=task.id)
+    return anchors
+
+
+def test_l2_is_the_identity_curvature() -> None:
+    module, sc = build(L2, L2Params(lam=4.0))
+    anchors = anchors_then_jump(module, sc)
     theta = module.theta().detach()
     torch.testing.assert_close(module.penalty(), 2.0 * sum((theta - a).square().sum() for a in anchors))
 
@@ -164,11 +170,7 @@ def kfac_dense(module, o: int) -> Tensor:
 @pytest.mark.parametrize("head", ["single", "multi"])
 def test_kfac_penalty_equals_the_dense_kronecker_quadratic(head: str) -> None:
     module, sc = build(KFACEWC, KFACParams(lam=3.0, samples=None), head)
-    anchors = []
-    for task in sc.tasks:
-        anchors.append(module.theta().detach().clone())
-        finish(module, task)
-        jump(module, seed=task.id)
+    anchors = anchors_then_jump(module, sc)
     theta = module.theta().detach()
     want = 1.5 * sum((theta - a) @ kfac_dense(module, o) @ (theta - a) for o, a in enumerate(anchors))
     torch.testing.assert_close(module.penalty(), want, rtol=1e-10, atol=1e-12)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
-from cl_bench.layout import flatten
+from cl_bench.layout import ParamLayout, detached, flatten
 from cl_bench.models import MultiHead
 
 FISHER_KINDS: tuple[str, ...] = ("exact", "sampled", "empirical", "empirical_weighted", "batch")
@@ -75,20 +75,6 @@ def sum_tensors(terms: Iterable[Tensor]) -> Tensor:
     return total
 
 
-def trainable(model: nn.Module) -> dict[str, Tensor]:
-    """Detached views of the trainable parameters, by name, in the flat order."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def unflatten(theta: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Split a flat ``[P]`` vector back into tensors shaped like ``like``."""
-    out, i = {}, 0
-    for name, ref in like.items():
-        out[name] = theta[i:i + ref.numel()].view_as(ref)
-        i += ref.numel()
-    return out
-
-
 def _log_probs(model: nn.Module) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
     """(params, one sample x) -> log p(. | x) ``[K]``."""
 
@@ -102,12 +88,12 @@ def _sample_grads(model: nn.Module, x: Tensor, c: Tensor) -> dict[str, Tensor]:
     """Per parameter ``[B, *shape]``: row i = d log p(c_i | x_i) / d theta."""
     logp = _log_probs(model)
     return vmap(grad(lambda p, xi, ci: logp(p, xi).gather(0, ci[None]).squeeze(0)), in_dims=(None, 0, 0))(
-        trainable(model), x, c)
+        detached(model), x, c)
 
 
 def _class_grads(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """Per parameter ``[B, K, *shape]``: entry (i, c) = d log p(c | x_i) / d theta (one ``jacrev``)."""
-    return vmap(jacrev(_log_probs(model)), in_dims=(None, 0))(trainable(model), x)
+    return vmap(jacrev(_log_probs(model)), in_dims=(None, 0))(detached(model), x)
 
 
 def per_sample_grads(model: nn.Module, x: Tensor, c: Tensor) -> Tensor:
@@ -125,12 +111,12 @@ def batch_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """``[P]``: d mean_i log p(y_i | x_i) / d theta over the batch."""
     logp = _log_probs(model)
     mean_ll = lambda p: vmap(logp, in_dims=(None, 0))(p, x).gather(1, y[:, None]).mean()  # noqa: E731
-    return flatten(grad(mean_ll)(trainable(model)))
+    return flatten(grad(mean_ll)(detached(model)))
 
 
 def _rows(model: nn.Module, per_sample: int) -> int:
     """Samples whose ``per_sample`` gradients of all parameters fit in :data:`MAX_ELEMENTS`."""
-    n_params = sum(p.numel() for p in trainable(model).values())
+    n_params = sum(p.numel() for p in detached(model).values())
     return max(1, MAX_ELEMENTS // (per_sample * n_params))
 
 
@@ -169,7 +155,7 @@ def mas_importance(model: nn.Module, batches: Batches) -> Tensor:
 
     ``f`` = the likelihood's logits; the squared L2 norm as in the paper.
     """
-    params = trainable(model)
+    params = detached(model)
 
     def sq_norm(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(model, p, (x.unsqueeze(0),)).square().sum()
@@ -188,11 +174,11 @@ def mas_importance(model: nn.Module, batches: Batches) -> Tensor:
 
 def dense_hessian(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy) -> Tensor:
     """Hessian ``[P, P]`` of the mean loss over all samples (``torch.func.hessian``, per batch)."""
-    params = trainable(model)
+    params = detached(model)
     theta = flatten(params)
 
     def loss(th: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(functional_call(model, unflatten(th, params), (x,)), y)
+        return loss_fn(functional_call(model, ParamLayout.of(model).views(th), (x,)), y)
 
     total, n = None, 0
     for x, y in batches:
@@ -207,7 +193,7 @@ def dense_hessian(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_
 def dense_ggn(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy) -> Tensor:
     """Generalised Gauss-Newton ``[P, P]`` = 1/N sum_i J_i^T H_i J_i (Schraudolph 2002), with
     J_i = d f(x_i) / d theta and H_i = d^2 loss / d f^2 at f(x_i); for cross-entropy it is the exact Fisher."""
-    params = trainable(model)
+    params = detached(model)
 
     def out(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)

@@ -161,7 +161,7 @@ def module_objective(module: nn.Module, x: Tensor, y: Tensor, task_id: int, batc
         y = lookup[y]
 
     def forward(theta: Tensor, xb: Tensor) -> Tensor:
-        params = dict(zip(names, layout.unflatten(theta).values()))
+        params = dict(zip(names, layout.views(theta).values()))
         t = torch.full((xb.shape[0],), task_id, dtype=torch.long, device=xb.device)
         z = functional_call(wrapper, params, (xb.to(theta.dtype), t))
         return z if index is None else z.index_select(1, index.to(z.device))

@@ -18,8 +18,6 @@ import math
 import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -30,6 +28,8 @@ from torch import Tensor, nn
 from cl_bench.data import Scenario, Task, iterate_eval
 from cl_bench.layout import ParamLayout, flat_params
 from cl_bench.models import MultiHead
+from cl_bench.module import eval_mode
+from cl_bench.seeds import generator
 
 from .certificate import certificate
 from .checks import PairChecks, record
@@ -38,18 +38,6 @@ from .lipschitz import lipschitz_lower, lipschitz_upper
 from .objective import module_objective
 from .operators import make_operator
 from .snapshot import Snapshot, take_snapshot
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode (BatchNorm running statistics, no dropout) and autograd on, restored afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        module.train(was_training)
 
 
 def declared_isolation(module: nn.Module, task_id: int) -> Tensor | None:
@@ -77,7 +65,7 @@ class GeometryTracker:
     def probe_set(self, task: Task) -> tuple[Tensor, Tensor]:
         """S_o: ``probe_size`` training samples of the task (fixed by ``checks.seed``), normalised, on device."""
         n = min(self.cfg.probe_size, task.n_train)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + task.id)
+        gen = generator(self.cfg.seed, task.id)
         idx = torch.randperm(task.n_train, generator=gen)[:n].sort().values
         s = self.scenario
         x, y = next(iterate_eval(task.x_train[idx], task.y_train[idx], n, self.device, s.mean, s.std))
