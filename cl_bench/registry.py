@@ -11,12 +11,13 @@ name (listed after the built-in families).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import pkgutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 if TYPE_CHECKING:
     from cl_bench.module import ContinualModule
@@ -80,8 +81,51 @@ def strategy_names() -> list[str]:
 
 
 def get_strategy(name: str) -> type[ContinualModule]:
-    """The class registered as ``name``; unknown names list the valid ones."""
+    """The class registered as ``name`` (``a+b``: :func:`combine`); unknown names list the valid ones."""
     _discover()
+    if "+" in name:
+        return combine(name.split("+"))
     if name not in _REGISTRY:
         raise KeyError(f"unknown strategy {name!r}; valid: {', '.join(strategy_names())}")
     return _REGISTRY[name]
+
+
+#: what a strategy may define at most once in a combination (the task hooks chain instead)
+TERMS = ("task_loss", "replay_loss", "penalty", "observe", "transform_gradients", "transform_update",
+         "guarded_parameters", "phases", "batches", "training_tasks", "forward", "eval_logits", "training_step")
+
+
+def combine(names: list[str]) -> type[ContinualModule]:
+    """One strategy from several whose terms differ: ``ewc+er`` trains with ER's replay and EWC's penalty.
+
+    The classes are combined in the given order (Python's method resolution order); each term of
+    :data:`TERMS` may come from one of them only, ``before_task`` / ``after_task`` run for every one
+    of them, and the parameters are the union of their ``Params`` fields.
+    """
+    from cl_bench.module import ContinualModule
+
+    classes = [get_strategy(n) for n in names]
+    if len(set(classes)) != len(classes):
+        raise KeyError(f"strategy {'+'.join(names)!r} names a strategy twice")
+    for term in TERMS:
+        owners = [n for n, c in zip(names, classes) if getattr(c, term) is not getattr(ContinualModule, term)]
+        if len(owners) > 1:
+            raise KeyError(f"strategy {'+'.join(names)!r}: {' and '.join(owners)} both define {term}; "
+                           "combine strategies whose terms differ")
+    fields = [f.name for c in classes for f in dataclasses.fields(c.Params)]
+    clash = sorted({f for f in fields if fields.count(f) > 1})
+    if clash:
+        raise KeyError(f"strategy {'+'.join(names)!r}: parameters {clash} are defined by more than one of them")
+    bases = tuple(c.Params for c in classes)
+
+    def post_init(self: Any) -> None:
+        for base in bases:
+            if hasattr(base, "__post_init__"):
+                base.__post_init__(self)
+
+    params = dataclasses.make_dataclass(f"{'_'.join(names)}_params", [], bases=bases,
+                                        namespace={"__post_init__": post_init})
+    doc = " + ".join(f"{n} ({(c.__doc__ or '').strip().splitlines()[0]})" for n, c in zip(names, classes))
+    combined: type[ContinualModule] = type("+".join(names), tuple(classes), {"Params": params, "__doc__": doc})
+    combined.name = "+".join(names)
+    return combined

@@ -130,6 +130,7 @@ class QuadraticPenalty(ContinualModule):
             curvature = self.importance(task)
         self.train(was_training)
         self.consolidate(curvature, self.theta().detach())
+        super().after_task(task)
 
     @torch.no_grad()
     def consolidate(self, curvature: dict[str, Tensor], anchor: Tensor) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -69,3 +70,47 @@ def test_import_flag_registers_a_strategy_from_the_users_folder(tmp_path, monkey
     assert "[user] Fine-tuning, from the user's file." in capsys.readouterr().out
     assert main(["run", "--import", "no_such_module_here"]) == 2
     assert "--import no_such_module_here: No module named" in capsys.readouterr().err
+
+
+def test_ewc_plus_er_trains_with_both_terms_and_no_new_class(tmp_path) -> None:
+    """`strategy=ewc+er`: ER's replay in the task term, EWC's penalty, both consolidations after a task."""
+    import torch.nn.functional as F
+
+    from cl_bench.config import build_plan, load_config
+    from cl_bench.module import Step
+    from cl_bench.registry import get_strategy
+    from cl_bench.runner import build_module, load_scenario, run_one
+
+    plan = build_plan(load_config([
+        "scenario=split_digits", "scenario.n_tasks=3", "strategy=[ewc+er,ewc,er]", "strategies.ewc+er.lam=50",
+        "strategies.ewc+er.buffer_size=100", "settings=[class_il]", "trainer.epochs=1", "checks.enabled=false",
+    ]))
+    spec = plan.runs[0]
+    assert spec.label == "ewc+er" and spec.params["lam"] == 50 and spec.params["buffer_size"] == 100
+    scenario = load_scenario(spec)
+    module = build_module(spec, scenario)
+    assert module.family == "local" and module.buffer.capacity == 100
+    results = {s.label: run_one(s, scenario) for s in plan.runs}
+    assert len({tuple(r.acc[-1]) for r in results.values()}) == 3  # three different trainings
+
+    module.before_task(scenario.tasks[0])
+    x = torch.randn(8, *scenario.input_shape)
+    y, t = torch.randint(0, 2, (8,)), torch.zeros(8, dtype=torch.long)
+    module.observe(Step(x, y, t))
+    module.after_task(scenario.tasks[0])  # EWC's consolidation: one anchor and Fisher
+    assert module.anchors.shape[0] == 1 and module.buffer.size == 8
+    module.before_task(scenario.tasks[1])
+    with torch.no_grad():
+        for p in module.network():
+            p.add_(0.01)
+    torch.manual_seed(3)
+    b = module.buffer.sample(module.params.minibatch_size)
+    ce = F.cross_entropy(module(torch.cat([x, b.x]), torch.cat([t, b.t])), torch.cat([y, b.y]))
+    expected = ce + module.penalty()
+    torch.manual_seed(3)
+    torch.testing.assert_close(module.training_step((x, y, t), 0), expected)
+    assert module.buffer.size == 16  # ER's observe stored the batch
+    assert float(module.penalty()) > 0
+
+    with pytest.raises(KeyError, match="both define task_loss"):
+        get_strategy("er+icarl")
