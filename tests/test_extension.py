@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -20,7 +21,6 @@ class AnchorParams:
     lam: float = 0.5
 
 
-@register("test_anchor")
 class Anchor(ContinualModule):
     """Pull towards the previous task's solution: lam/2 ||theta - theta*||^2."""
 
@@ -41,7 +41,19 @@ class Anchor(ContinualModule):
         self.anchor = flat_params(self)
 
 
-def test_a_strategy_with_a_new_family_runs_and_is_listed(tmp_path, capsys) -> None:
+@pytest.fixture
+def own_registry():
+    """The registry as the test leaves it is restored afterwards: no other test sees its strategies."""
+    from cl_bench.registry import _REGISTRY
+
+    saved = dict(_REGISTRY)
+    yield
+    _REGISTRY.clear()
+    _REGISTRY.update(saved)
+
+
+def test_a_strategy_with_a_new_family_runs_and_is_listed(tmp_path, capsys, own_registry) -> None:
+    register("test_anchor")(Anchor)
     assert strategy_names()[-1] == "test_anchor"  # an unknown family is listed after the built-in ones
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
@@ -58,13 +70,15 @@ def test_a_strategy_with_a_new_family_runs_and_is_listed(tmp_path, capsys) -> No
     assert runs["test_anchor"]["acc"] != runs["naive"]["acc"]
 
 
-def test_import_flag_registers_a_strategy_from_the_users_folder(tmp_path, monkeypatch, capsys) -> None:
+def test_import_flag_registers_a_strategy_from_the_users_folder(tmp_path, monkeypatch, capsys, own_registry) -> None:
     (tmp_path / "user_strategy_mod.py").write_text(
         "from cl_bench.module import ContinualModule\nfrom cl_bench.registry import register\n\n\n"
         "@register('user_naive')\nclass UserNaive(ContinualModule):\n"
         "    \"\"\"Fine-tuning, from the user's file.\"\"\"\n"
         "    family = 'user'\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_strategy_mod", raising=False)
     monkeypatch.setenv("CL_BENCH_IMPORTS", "")  # restored after the test: main() sets it for workers
     assert main(["list", "--import", "user_strategy_mod"]) == 0
     assert "[user] Fine-tuning, from the user's file." in capsys.readouterr().out
