@@ -72,6 +72,25 @@ class TrainerConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where the datasets are read from (``root``: null = ``CL_BENCH_DATA`` or the cache folder)."""
+
+    root: str | None = None
+    download: bool = False
+
+
+@dataclass
+class OutputConfig:
+    """The experiment's output folder (results.json, runs/, checkpoints/)."""
+
+    dir: str | None = "results/default"
+
+    def __post_init__(self) -> None:
+        if self.dir is None or not str(self.dir).strip():
+            raise ValueError("dir is empty: name the output folder (e.g. output.dir=results/my_experiment)")
+
+
+@dataclass
 class SweepConfig:
     """How the runs of one experiment are executed on this machine."""
 
@@ -196,6 +215,10 @@ def _strategy_labels(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, ListConfig) and all(isinstance(v, str) for v in value) and len(value) > 0:
+        repeated = sorted({v for v in value if list(value).count(v) > 1})
+        if repeated:
+            raise ConfigError(f"strategy lists {repeated} more than once: each label is one set of runs; "
+                              "remove the repeats (or sweep a hyper-parameter for variants)")
         return list(value)
     raise ConfigError(f"strategy must be a name, a non-empty list of names, or 'all'; got {value!r}")
 
@@ -254,6 +277,12 @@ def build_plan(cfg: DictConfig) -> Plan:
     if not isinstance(seeds, list) or not seeds \
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"seeds must be an int or a non-empty list of ints, got {seeds!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds lists {repeated} more than once: each seed is one run (repeats would fake "
+                          "the statistics); remove the repeats")
+    to_dataclass(DataConfig, _container(cfg.get("data")), "data")
+    to_dataclass(OutputConfig, _container(cfg.get("output")), "output")
     to_dataclass(TrainerConfig, cfg.trainer, "trainer")  # global sections are checked even when
     to_dataclass(OptimizerConfig, cfg.optimizer, "optimizer")  # every strategy overrides them
 
