@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logger_config(cfg.get("logger"))
         check_agent_plan(plan)
     except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {escape(str(err))}")
+        console.print(f"[bold red]config error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
     if args.dry_run:
         for spec in plan.runs:
@@ -265,7 +265,7 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
                     console.print(f"[red]failed[/] {result.run_id}: {result.error}")
                 results.append(result)
     except (ConfigError, DatasetError, OutputWriteError) as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return EXIT_INPUT
     except (RunInterrupted, KeyboardInterrupt) as err:
         print(str(err) or f"interrupted; {RESUME_HINT}", file=sys.stderr)
@@ -286,7 +286,7 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
                           {"name": plan.name, "runs": [r.to_dict() for r in folder], "aggregate": agg})
         write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plan.config))
     except OutputWriteError as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return EXIT_INPUT
 
     for setting in dict.fromkeys(r.setting for r in results):
@@ -457,7 +457,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
     try:  # every baseline read whole and every plan validated before anything trains
         bases = [(path, load_baseline(path)) for path in paths]
     except BaselineError as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return EXIT_INPUT
     jobs = []
     for path, base in bases:
@@ -465,7 +465,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
             jobs.append((path, base, build([*base["overrides"], *args.overrides], base["config_file"],
                                            Path(args.runs_dir), args.workers)))
         except (ConfigError, DatasetError, ValueError, OSError) as err:
-            console.print(f"[bold red]error:[/] {path}: {escape(str(err))}")
+            console.print(f"[bold red]error:[/] {path}: {escape(str(err))}", soft_wrap=True)
             return EXIT_INPUT
     failed = False
     for path, base, plan in jobs:
@@ -473,7 +473,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
         try:
             results = run_plan(plan, resume=False)
         except (ConfigError, DatasetError, OutputWriteError) as err:
-            console.print(f"[bold red]error:[/] {path}: {escape(str(err))}")
+            console.print(f"[bold red]error:[/] {path}: {escape(str(err))}", soft_wrap=True)
             return EXIT_INPUT
         except RunInterrupted as err:
             print(str(err), file=sys.stderr)

@@ -173,8 +173,8 @@ def load_yaml(path: str | Path, what: str) -> DictConfig:
     except Exception as err:  # yaml.YAMLError and omegaconf's own errors: both name the line
         raise ConfigError(f"{what} {path}: not valid YAML: {err}".replace("\n", " ")) from err
     if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"{what} {path}: the file holds a {type(loaded).__name__}, not a mapping of keys "
-                          "(name: ..., scenario: ..., ...)")
+        kind = "list" if isinstance(loaded, ListConfig) else type(loaded).__name__
+        raise ConfigError(f"{what} {path}: the file holds a {kind}, not a mapping of keys (name: ..., scenario: ...)")
     return loaded
 
 
