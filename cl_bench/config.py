@@ -283,7 +283,8 @@ def to_dataclass(cls: type, data: Any, where: str) -> Any:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", "")
         valid = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ConfigError(f"{where}.{key}: {getattr(err, 'msg', err)} (valid keys: {valid})") from err
+        first = str(getattr(err, "msg", err)).splitlines()[0]  # omegaconf appends full_key / object_type lines
+        raise ConfigError(f"{where}.{key}: {first} (valid keys: {valid})") from err
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from err
 
