@@ -116,14 +116,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _one_line_warning(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> str:
-    return f"warning: {message}\n"
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``cl-bench`` command given by ``argv`` (default: the process arguments); return its exit code."""
+    """Run the ``cl-bench`` command given by ``argv`` (default: the process arguments); return its exit code.
+    Warnings are shown as one ``warning: ...`` line each while it runs."""
     args = _parse(argv)
-    warnings.formatwarning = _one_line_warning
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "imports", None):
         from cl_bench.registry import IMPORTS_ENV, import_plugins
 

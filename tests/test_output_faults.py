@@ -20,16 +20,26 @@ TINY = ["strategy=naive", "scenario.n_tasks=3", "trainer.epochs=1", "trainer.tra
         "settings=[class_il]", "checks.enabled=false", "sweep.workers=1"]
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path):
-    """A mounted 4 MiB tmpfs (unmounted after the test)."""
-    mount = tmp_path / "small_fs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+def mounted(folder: Path, options: str):
+    """A tmpfs mounted at ``folder`` with ``options`` for the test (skipped where mounting is not permitted)."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A 4 MiB file system."""
+    yield from mounted(tmp_path / "small_fs", "size=4m")
+
+
+@pytest.fixture
+def read_only_fs(tmp_path: Path):
+    """A read-only file system (root cannot write there either)."""
+    yield from mounted(tmp_path / "ro_fs", "ro,size=1m")
 
 
 def run_into(out: Path, capsys) -> tuple[int, str]:
@@ -50,6 +60,12 @@ def test_an_output_folder_in_proc_is_refused_before_training(capsys) -> None:
     out = Path("/proc/cl_bench_out")
     code, text = run_into(out, capsys)
     assert code == 2 and f"error: output.dir={out}: cannot write there" in text and "Traceback" not in text
+
+
+def test_an_output_folder_on_a_read_only_file_system_is_refused_before_training(read_only_fs: Path, capsys) -> None:
+    out = read_only_fs / "out"
+    code, text = run_into(out, capsys)
+    assert code == 2 and f"error: output.dir={out}: cannot write there (Read-only file system)" in text
 
 
 def test_an_output_folder_without_room_is_refused_before_training(tmpfs: Path, capsys) -> None:
