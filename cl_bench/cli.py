@@ -313,7 +313,8 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
         plot_predicted_vs_measured(results, out / "geometry_predicted_vs_measured.png")
         plot_forgetting_vs_update_size(results, out / "geometry_forgetting_vs_update.png")
     failed = [r for r in results if r.status != "ok"]
-    console.print(f"results: {out / 'results.json'} ({len(results)} runs, {len(failed)} failed)")
+    earlier = f"; {len(folder) - len(results)} earlier runs of the folder kept" if len(folder) > len(results) else ""
+    console.print(f"results: {out / 'results.json'} ({len(results)} runs, {len(failed)} failed{earlier})")
     return 1 if failed else 0
 
 

@@ -427,6 +427,18 @@ def set_aside(output_dir: Path, spec: RunSpec) -> None:
           f"moved to {aside}", file=sys.stderr)
 
 
+def restore_superseded(output_dir: Path, spec: RunSpec) -> RunResult | None:
+    """The result of ``spec``'s configuration that :func:`set_aside` once moved away, put back in place."""
+    aside = superseded_path(output_dir, spec, spec.config_hash())
+    done = finished(aside, spec)
+    if done is not None:
+        set_aside(output_dir, spec)
+        os.replace(aside, result_path(output_dir, spec))
+        print(f"note: {result_path(output_dir, spec)}: the result of this configuration restored from {aside}",
+              file=sys.stderr)
+    return done
+
+
 def identify_data(plan: Plan) -> None:
     """Put the digests of the data files each run reads into its spec (``data.files``), so that a run's
     configuration hash changes with the data and a result of other data is never reused."""
@@ -617,7 +629,8 @@ def execute(
     log_cfg = logger_config(plan.config.get("logger"))
     todo = []
     for spec in plan.runs:
-        done = finished(result_path(plan.output_dir, spec), spec) if resume else None
+        done = (finished(result_path(plan.output_dir, spec), spec)
+                or restore_superseded(plan.output_dir, spec)) if resume else None
         if done is not None:
             yield done
             continue

@@ -85,3 +85,16 @@ def test_a_result_of_another_configuration_is_moved_aside_and_named(tmp_path: Pa
     assert aside.read_text() == old  # the earlier result, byte for byte
     assert json.loads(path.read_text())["config"]["optimizer"]["lr"] == 0.1
     assert f"note: {path} held a result of another configuration ({old_hash}" in capsys.readouterr().err
+
+
+def test_returning_to_a_configuration_restores_its_result_untrained(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["run", *TINY, "strategy=naive", f"output.dir={out}"]) == 0
+    first = result_path(out, build_plan(load_config([*TINY, "strategy=naive", f"output.dir={out}"])).runs[0])
+    original = first.read_text()
+    assert main(["run", *TINY, "strategy=naive", "optimizer.lr=0.1", f"output.dir={out}"]) == 0
+    trained: list[int] = []
+    list(execute(build_plan(load_config([*TINY, "strategy=naive", f"output.dir={out}"])),
+                 on_task_end=lambda s, t, m: trained.append(t)))
+    assert trained == [] and first.read_text() == original
+    assert "the result of this configuration restored from" in capsys.readouterr().err
