@@ -171,7 +171,7 @@ def load_yaml(path: str | Path, what: str) -> DictConfig:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{what} {path}: cannot be read ({err})") from err
     except Exception as err:  # yaml.YAMLError and omegaconf's own errors: both name the line
-        raise ConfigError(f"{what} {path}: not valid YAML: {err}".replace("\n", " ")) from err
+        raise ConfigError(f"{what} {path}: not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(loaded, DictConfig):
         kind = "list" if isinstance(loaded, ListConfig) else type(loaded).__name__
         raise ConfigError(f"{what} {path}: the file holds a {kind}, not a mapping of keys (name: ..., scenario: ...)")
