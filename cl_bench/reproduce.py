@@ -96,9 +96,8 @@ def plan_of(name: str, entry: dict[str, Any], runs_dir: Path, min_seeds: int) ->
 def finished_results(plan: Any) -> tuple[list[RunResult], list[str]]:
     """The runs of the plan already finished in its output folder (nothing is trained), and the
     run ids whose result file exists but was made with another configuration (stale)."""
-    from cl_bench.runner import finished, identify_data, result_path
+    from cl_bench.runner import finished, result_path
 
-    identify_data(plan)
     done, stale = [], []
     for spec in plan.runs:
         path = result_path(plan.output_dir, spec)

@@ -387,7 +387,9 @@ def result_spec(plan: Plan, result: RunResult) -> RunSpec:
 
 
 def finished(path: Path, spec: RunSpec) -> RunResult | None:
-    """The stored result of ``spec`` if it finished with the same configuration."""
+    """The stored result of ``spec`` if it finished with the same configuration and data
+    (the digests of its data files are put into ``spec`` first: :func:`identify_run`)."""
+    identify_run(spec)
     if not path.exists():
         return None
     try:
@@ -439,12 +441,17 @@ def restore_superseded(output_dir: Path, spec: RunSpec) -> RunResult | None:
     return done
 
 
-def identify_data(plan: Plan) -> None:
-    """Put the digests of the data files each run reads into its spec (``data.files``), so that a run's
+def identify_run(spec: RunSpec) -> None:
+    """Put the digests of the data files the run reads into its spec (``data.files``), so that its
     configuration hash changes with the data and a result of other data is never reused."""
+    files = source_fingerprint(str(spec.scenario["source"]), spec.data.get("root"))
+    spec.data = {**{k: v for k, v in spec.data.items() if k != "files"}, **({"files": files} if files else {})}
+
+
+def identify_data(plan: Plan) -> None:
+    """:func:`identify_run` of every run of the plan."""
     for spec in plan.runs:
-        files = source_fingerprint(str(spec.scenario["source"]), spec.data.get("root"))
-        spec.data = {**{k: v for k, v in spec.data.items() if k != "files"}, **({"files": files} if files else {})}
+        identify_run(spec)
 
 
 def prepare(plan: Plan) -> dict[str, Scenario]:

@@ -14,7 +14,7 @@ from test_data_sources import write_mnist
 from cl_bench.cli import main
 from cl_bench.config import build_plan, load_config
 from cl_bench.data.sources import DATA_ENV, clear_source_cache
-from cl_bench.runner import execute, result_path
+from cl_bench.runner import execute, finished, result_path
 
 TINY = ["scenario.n_tasks=2", "trainer.epochs=1", "trainer.train_loss_probe=50", "settings=[class_il]",
         "checks.enabled=false", "sweep.workers=1"]
@@ -47,6 +47,10 @@ def test_changed_data_under_the_same_settings_is_retrained(tmp_path: Path, monke
     copy = tmp_path / "copy_of_b"
     shutil.copytree(b, copy)
     assert trained_tasks(out, copy, monkeypatch) == []  # the same bytes elsewhere: the result stands
+    (fresh,) = build_plan(load_config([*MNIST, f"output.dir={out}"])).runs  # nothing loaded: finished() alone
+    assert finished(result_path(out, fresh), fresh) is not None
+    monkeypatch.setenv(DATA_ENV, str(a))
+    assert finished(result_path(out, fresh), fresh) is None
     clear_source_cache()
 
 
