@@ -513,7 +513,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from cl_bench.data import DatasetError
     from cl_bench.regress import run_plan
     from cl_bench.reproduce import DEFAULT_SPEC, finished_results, load_spec, plan_of, render, rows_of, select
-    from cl_bench.results import write_text_atomic
+    from cl_bench.results import OutputWriteError, write_text_atomic
+    from cl_bench.runner import RunInterrupted
 
     spec_path = Path(args.spec) if args.spec else DEFAULT_SPEC
     rows, stale = [], []
@@ -531,9 +532,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             else:
                 results = run_plan(plan, resume=True)
             rows += rows_of(name, entries[name], results, len({s.seed for s in plan.runs}), spec)
-    except (ConfigError, DatasetError) as err:
+    except (ConfigError, DatasetError, OutputWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
+    except RunInterrupted as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_INTERRUPTED
     command = " ".join(["cl-bench reproduce", f"--runs-dir {args.runs_dir}", *(f"--only {o}" for o in args.only or []),
                         *(["--no-train"] if args.no_train else [])])
     out = Path(args.out)
