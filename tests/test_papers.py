@@ -55,10 +55,17 @@ def test_pairs_are_the_runs_own_records(runs):
 
 
 def test_local_vs_global_report_tests_each_claim_on_the_runs(runs, tmp_path):
-    text = papers.write_local_vs_global([r for r in runs if r.setting == "class_il"], tmp_path / "fig", tmp_path)
+    class_il = [r for r in runs if r.setting == "class_il"]
+    text = papers.write_local_vs_global(class_il, tmp_path / "fig", tmp_path)
     assert "| local | ewc | 0.01 | 1 |" in text and "| global | er | 0.1 | 1 |" in text
-    claims = [line for line in text.splitlines() if line.endswith(("| agrees |", "| does not agree |"))]
+    claims = papers.local_vs_global_claims("MLP 784-100-100-10", class_il)
     assert len(claims) == 4  # error grows with ||D||; two local-vs-global slopes; inside vs outside r*
+    learned = [r for r in class_il if r.metrics["learning_acc"] >= papers.LEARNED]
+    assert 0 < len(learned) < len(class_il)  # so the report repeats the claims on the learned runs
+    rows = [line for line in text.splitlines() if line.endswith(("| agrees |", "| does not agree |"))]
+    assert len(rows) == len(claims) + len(papers.local_vs_global_claims("learned", learned))
+    for statement, _, ok in claims:
+        assert statement.replace("|", "\\|") in text and ok is not None
     for name in ("main_forgetting_vs_distance", "main_error_vs_distance", "main_methods"):
         assert (tmp_path / "fig" / f"{name}.png").stat().st_size > 10_000
 
