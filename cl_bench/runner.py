@@ -505,10 +505,9 @@ def preflight(plan: Plan, scenarios: dict[str, Scenario]) -> None:
             raise ConfigError(f"{spec.run_id}: trainer.devices={devices} but {torch.cuda.device_count()} CUDA "
                               "device(s) are visible")
     out = plan.output_dir
-    probe = out / ".cl_bench_write_probe"
-    try:
+    try:  # a 4 KiB probe file, written, fsynced and removed
         out.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=out, prefix=probe.name)
+        fd, name = tempfile.mkstemp(dir=out, prefix=".cl_bench_write_probe")
         try:
             os.write(fd, b"0" * 4096)
             os.fsync(fd)
