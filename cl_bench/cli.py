@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write a Markdown report with plots from a `cl-bench run` output folder")
     report.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (holds results.json)")
     report.add_argument("--out", help="report folder (default: reports/<name>)")
+    report.add_argument("--wandb", action="store_true",
+                        help="also (re)write the experiment's summary W&B run (logger.wandb of its config.yaml)")
     base = sub.add_parser(
         "baseline",
         help="run the regression-gate experiments from scratch and write reports/baselines/<name>.json",
@@ -217,6 +219,7 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
 
     from cl_bench.config import ConfigError
     from cl_bench.data import DatasetNotFoundError
+    from cl_bench.loggers import logger_config
     from cl_bench.metrics import HEADLINE
     from cl_bench.results import aggregate, save_result, write_json_atomic
     from cl_bench.runner import add_intransigence, execute, result_path, result_spec
@@ -254,6 +257,11 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
     write_json_atomic(out / "results.json",
                       {"name": plan.name, "runs": [r.to_dict() for r in results], "aggregate": agg})
     (out / "config.yaml").write_text(OmegaConf.to_yaml(plan.config))
+    log_cfg = logger_config(plan.config.get("logger"))
+    if log_cfg.use:  # the experiment-level summary (W&B run, CSV, TensorBoard) of cl_bench.wandb_summary
+        from cl_bench.wandb_summary import write_summary_run
+
+        write_summary_run(out, log_cfg)
 
     for setting in dict.fromkeys(r.setting for r in results):
         table = Table(title=f"{plan.name} — {setting} (mean ± std over seeds)", title_justify="left")
@@ -316,6 +324,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         name = load_results(Path(args.results_dir))[0]
         readme = write_report(Path(args.results_dir), Path(args.out or Path("reports") / name))
+        if args.wandb:
+            from cl_bench.wandb_summary import summary_logger_config, write_summary_run
+
+            run_id = write_summary_run(Path(args.results_dir), summary_logger_config(Path(args.results_dir)),
+                                       readme.parent)
+            print(f"summary W&B run: {run_id}")
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from omegaconf import DictConfig, ListConfig
 
 from cl_bench.config import RunSpec, to_dataclass
-from cl_bench.results import RunResult
+from cl_bench.results import RunResult, write_json_atomic
 
 LOGGERS = ("wandb", "csv", "tensorboard")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -189,6 +189,9 @@ class RunLogger:
             raise ValueError(
                 f"logger.wandb.mode={w.mode}: {err} (or set WANDB_API_KEY, or use logger.wandb.mode=offline)"
             ) from err
+        write_json_atomic(run_link_path(self.output_dir, spec.setting, spec.label, spec.seed),
+                          {"name": run.name, "id": run.id, "project": w.project, "entity": w.entity,
+                           "group": w.group or self.experiment, "url": run.url})
         # forgetting curves: every evaluation key against the number of tasks trained
         run.define_metric("tasks_trained")
         for key in self._eval_keys(int(spec.scenario["n_tasks"])):
@@ -249,7 +252,7 @@ class RunLogger:
         title = f"{result.label}: {result.setting}, seed {result.seed}"
         heatmap = png_bytes(acc_matrix_figure(result.acc, title, joint)) if result.acc else None
         if self.tensorboard is not None and heatmap is not None:
-            self.tensorboard.experiment.add_image("acc_matrix", _png_array(heatmap), self.steps, dataformats="HWC")
+            self.tensorboard.experiment.add_image("acc_matrix", png_array(heatmap), self.steps, dataformats="HWC")
             self.tensorboard.experiment.flush()
         if self.wandb is None:
             return
@@ -288,6 +291,16 @@ class RunLogger:
         if exc_type is not None:
             self._status = "failed"
         self.close()
+
+
+def run_link_path(output_dir: Path, setting: str, label: str, seed: int) -> Path:
+    """Where a run's W&B identity (name, id, project, url) is kept for the summary run's links."""
+    return Path(output_dir) / "logs" / "wandb" / setting / label / f"seed{seed}.json"
+
+
+def summary_id_path(output_dir: Path) -> Path:
+    """Where the summary W&B run's identity is kept, so a rewrite continues the same run."""
+    return Path(output_dir) / "logs" / "wandb" / "summary.json"
 
 
 # ----------------------------------------------------------- run records
@@ -373,7 +386,8 @@ def _csv_rows(path: Path, until_step: int) -> list[dict[str, float]]:
     return [r for r in rows if r["step"] <= until_step]
 
 
-def _png_array(png: bytes) -> Any:
+def png_array(png: bytes) -> Any:
+    """A PNG as an RGB ``uint8`` array [H, W, 3] (TensorBoard's ``add_image(dataformats="HWC")``)."""
     import numpy as np
     from PIL import Image
 

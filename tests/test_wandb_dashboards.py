@@ -1,0 +1,220 @@
+"""The experiment's dashboards: `cl-bench run` with W&B (offline), CSV and TensorBoard, read back from the
+offline run files (`wandb leet inspect --json`) and compared with results.json, per run and aggregated."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cl_bench.cli import main
+from cl_bench.metrics import HEADLINE
+
+WANDB = str(Path(sys.executable).parent / "wandb")
+EXPERIMENT = [
+    "name=dash", "scenario.n_tasks=2", "trainer.epochs=1", "trainer.batch_size=8", "trainer.train_loss_probe=50",
+    "trainer.num_threads=1", "strategy=[naive,ewc]", "settings=[class_il]", "seeds=[0,1]", "sweep.workers=1",
+    "checks.enabled=true", "checks.k=3", "checks.probe_size=200", "checks.lipschitz.enabled=false",
+]
+
+
+def wandb_env(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """Offline W&B writing under ``root`` (runs, artifact staging), no agent or credentials from outside."""
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_DIR", str(root))
+    mp.setenv("WANDB_DATA_DIR", str(root / "wandb-data"))
+    mp.setenv("WANDB_CACHE_DIR", str(root / "wandb-cache"))
+    for var in ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_API_KEY"):
+        mp.delenv(var, raising=False)
+
+
+def inspect(run_dir: Path, *flags: str) -> str:
+    """``wandb leet inspect --json`` of one offline run folder."""
+    proc = subprocess.run([WANDB, "leet", "inspect", *flags, "--json", str(run_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def read_run(run_dir: Path) -> SimpleNamespace:
+    """Records, history rows, summary, run header and artifacts of one offline W&B run."""
+    records = [json.loads(line) for line in inspect(run_dir).splitlines() if line.strip()]
+    (run,) = [r["run"] for r in records if r["type"] == "run"]
+    return SimpleNamespace(
+        dir=run_dir, records=records, run=run, summary=json.loads(inspect(run_dir, "--summary")),
+        history=[r["history"]["item"] for r in records if r["type"] == "history"],
+        artifacts=[r["artifact"] for r in records if r["type"] == "artifact" and r["artifact"]["type"] != "run_table"],
+    )
+
+
+def table(run: SimpleNamespace, ref: dict[str, Any]) -> dict[str, Any]:
+    """The JSON of a logged ``wandb.Table`` (a ``table-file`` reference in the history or summary)."""
+    assert ref["_type"] == "table-file", ref
+    return json.loads((run.dir / "files" / ref["path"]).read_text())
+
+
+def runs_by_name(root: Path) -> dict[str, list[SimpleNamespace]]:
+    """Every offline run under ``root/wandb`` by display name, oldest folder first."""
+    out: dict[str, list[SimpleNamespace]] = {}
+    for run_dir in sorted((root / "wandb").glob("offline-run-*")):
+        run = read_run(run_dir)
+        out.setdefault(run.run["display_name"], []).append(run)
+    return out
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """2 strategies x 2 seeds on digits (2 tasks, class-IL), checks on, all three loggers, through the CLI."""
+    out = tmp_path_factory.mktemp("dash")
+    with pytest.MonkeyPatch.context() as mp:
+        wandb_env(mp, out)
+        assert main(["run", *EXPERIMENT, f"output.dir={out}", "logger.use=[wandb,csv,tensorboard]"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    return SimpleNamespace(out=out, results=results, runs=runs_by_name(out))
+
+
+@pytest.fixture(scope="module")
+def summary(experiment: SimpleNamespace) -> SimpleNamespace:
+    (run,) = experiment.runs["dash/summary"]
+    return run
+
+
+def test_summary_run_is_in_the_experiments_group(experiment: SimpleNamespace, summary: SimpleNamespace) -> None:
+    assert summary.run["job_type"] == "summary" and summary.run["run_group"] == "dash"
+    assert "summary" in summary.run["tags"]
+    per_run = [r for name, rs in experiment.runs.items() if name != "dash/summary" for r in rs]
+    assert len(per_run) == 4 and {r.run["run_group"] for r in per_run} == {"dash"}
+    assert summary.summary["state"] == "finished" and summary.summary["exit_code"] == 0
+    ids = json.loads((experiment.out / "logs" / "wandb" / "summary.json").read_text())
+    assert ids["id"] == summary.run["run_id"]
+
+
+def test_aggregate_table_and_scalars_equal_results_json(experiment: SimpleNamespace,
+                                                         summary: SimpleNamespace) -> None:
+    agg, s = experiment.results["aggregate"], summary.summary["summary"]
+    got = table(summary, s["aggregate"])
+    assert got["columns"][:3] == ["setting", "strategy", "n"]
+    assert [(row[0], row[1], row[2]) for row in got["data"]] == [("class_il", "naive", 2), ("class_il", "ewc", 2)]
+    n_defined = 0
+    for row in got["data"]:
+        stats = agg[f"{row[0]}/{row[1]}"]
+        for m in HEADLINE:
+            mean, std = row[got["columns"].index(f"{m}_mean")], row[got["columns"].index(f"{m}_std")]
+            assert (mean, std) == (stats[m]["mean"], stats[m]["std"])
+            if stats[m]["mean"] is not None:
+                n_defined += 1
+                assert s[f"{row[0]}/{row[1]}/{m}/mean"] == stats[m]["mean"]
+                assert s[f"{row[0]}/{row[1]}/{m}/std"] == stats[m]["std"]
+            else:
+                assert f"{row[0]}/{row[1]}/{m}/mean" not in s
+    assert n_defined >= 2 * 6  # acc, aia, forgetting, bwt, learning_acc, loss_forgetting, time_s per strategy
+    # the std really is over the seeds of results.json
+    accs = [r["metrics"]["acc"] for r in experiment.results["runs"] if r["label"] == "naive"]
+    assert s["class_il/naive/acc/std"] == pytest.approx(float(np.std(accs, ddof=1)))
+
+
+def test_mean_accuracy_matrix_table_is_the_mean_over_seeds(experiment: SimpleNamespace,
+                                                           summary: SimpleNamespace) -> None:
+    got = table(summary, summary.summary["summary"]["acc_matrix"])
+    assert got["columns"] == ["setting", "strategy", "tasks_trained", "task", "mean", "std", "n"]
+    rows = {(r[1], r[2], r[3]): r[4:] for r in got["data"]}
+    assert len(rows) == 2 * 2 * 2
+    for label in ("naive", "ewc"):
+        mats = np.array([r["acc"] for r in experiment.results["runs"] if r["label"] == label])
+        for t in range(2):
+            for j in range(2):
+                mean, std, n = rows[(label, t + 1, j)]
+                assert mean == pytest.approx(mats[:, t, j].mean()) and n == 2
+                assert std == pytest.approx(mats[:, t, j].std(ddof=1))
+
+
+def test_certificate_table_has_every_pair(experiment: SimpleNamespace, summary: SimpleNamespace) -> None:
+    got = table(summary, summary.summary["summary"]["certificates"])
+    col = {c: i for i, c in enumerate(got["columns"])}
+    want = [(r["run_id"], p["o"], p["t"], p["kind"], p["bound"], p["measured"], p["certified"])
+            for r in experiment.results["runs"] for p in r["checks"]["certificate"]["pairs"]]
+    assert len(want) == 4  # one (o=0, t=1) pair per run
+    assert [tuple(row[col[c]] for c in ("run_id", "o", "t", "kind", "bound", "measured", "certified"))
+            for row in got["data"]] == want
+
+
+def test_runs_table_links_every_per_run_wandb_run(experiment: SimpleNamespace, summary: SimpleNamespace) -> None:
+    got = table(summary, summary.summary["summary"]["runs"])
+    col = {c: i for i, c in enumerate(got["columns"])}
+    assert [row[col["run_id"]] for row in got["data"]] == [r["run_id"] for r in experiment.results["runs"]]
+    for row in got["data"]:
+        (run,) = experiment.runs[row[col["wandb_name"]]]
+        assert run.run["run_id"] == row[col["wandb_id"]] and row[col["status"]] == "ok"
+        assert run.run["display_name"] == row[col["run_id"]]
+
+
+def test_summary_figures_and_artifacts(experiment: SimpleNamespace, summary: SimpleNamespace) -> None:
+    from PIL import Image
+
+    s = summary.summary["summary"]
+    for key in ("heatmap/class_il", "forgetting/class_il", "predicted_vs_measured"):
+        image = s[key]
+        assert image["_type"] == "image-file"
+        with Image.open(summary.dir / "files" / image["path"]) as png:
+            assert png.format == "PNG" and png.width > 400 and png.height > 250
+            # drawn, not blank: many distinct colours (matrix cells, curves, bands)
+            assert len(set(png.convert("RGB").getdata())) > 50
+    kinds = {a["type"]: a for a in summary.artifacts}
+    assert set(kinds) == {"results", "report"}
+    files = {c["path"]: c["digest"] for c in kinds["results"]["manifest"]["contents"]}
+    for name in ("results.json", "config.yaml"):
+        md5 = hashlib.md5((experiment.out / name).read_bytes()).digest()
+        assert files[name] == base64.b64encode(md5).decode()
+    report = {c["path"] for c in kinds["report"]["manifest"]["contents"]}
+    assert {"README.md", "acc_matrix_class_il.png", "forgetting_class_il.png"} <= report
+
+
+def test_summary_scalars_reach_csv_and_tensorboard(experiment: SimpleNamespace, summary: SimpleNamespace) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    want = {k: v for k, v in summary.summary["summary"].items() if k.startswith("class_il/")}
+    assert want
+    with open(experiment.out / "logs" / "csv" / "summary" / "metrics.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert {k: float(v) for k, v in row.items() if k != "step"} == pytest.approx(want)
+    acc = EventAccumulator(str(experiment.out / "logs" / "tensorboard" / "summary"),
+                           size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    assert {k: acc.Scalars(k)[0].value for k in want} == pytest.approx(want, rel=1e-6)
+    assert set(acc.Tags()["images"]) == {"heatmap/class_il", "forgetting/class_il"}
+
+
+def test_report_wandb_rewrites_the_same_summary_run(experiment: SimpleNamespace, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "results"
+    top = {"wandb", "wandb-data", "wandb-cache"}  # the W&B folders of the first write, not logs/wandb
+    shutil.copytree(experiment.out, copy, ignore=lambda d, names: top & set(names) if Path(d) == experiment.out else [])
+    wandb_env(monkeypatch, copy)
+    assert main(["report", str(copy), "--out", str(tmp_path / "report"), "--wandb"]) == 0
+    (again,) = runs_by_name(copy)["dash/summary"]
+    (first,) = experiment.runs["dash/summary"]
+    assert again.run["run_id"] == first.run["run_id"] and again.run["job_type"] == "summary"
+    assert table(again, again.summary["summary"]["aggregate"]) == table(first, first.summary["summary"]["aggregate"])
+    report = {c["path"] for a in again.artifacts if a["type"] == "report" for c in a["manifest"]["contents"]}
+    assert "README.md" in report and (tmp_path / "report" / "README.md").is_file()
+    # the figures the summary run holds, rendered to PNG files for a look
+    for key in ("heatmap/class_il", "forgetting/class_il"):
+        src = again.dir / "files" / again.summary["summary"][key]["path"]
+        shutil.copy(src, tmp_path / f"{key.replace('/', '_')}.png")
+    assert (tmp_path / "forgetting_class_il.png").stat().st_size > 10_000
+
+
+def test_report_wandb_on_a_folder_without_results_is_one_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["report", str(tmp_path), "--wandb"]) == 2
+    assert "results.json not found" in capsys.readouterr().err
+    assert not (tmp_path / "wandb").exists()
