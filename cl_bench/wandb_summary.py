@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from cl_bench.figures import forgetting_figure, matrices_figure, png_bytes
-from cl_bench.loggers import LoggerConfig, flat_table, logger_config, run_link_path, summary_id_path
+from cl_bench.loggers import LoggerConfig, artifact_name, flat_table, logger_config, run_link_path, summary_id_path
 from cl_bench.metrics import HEADLINE
 from cl_bench.report import load_results, matrix_stats, write_report
 from cl_bench.results import RunResult, write_json_atomic
@@ -181,12 +181,12 @@ def write_summary_run(results_dir: Path, cfg: LoggerConfig, report_dir: Path | N
                 logged["predicted_vs_measured"] = wandb.Image(Image.open(path), caption="C2: E vs E_hat")
         run.log(logged)
         run.summary.update(scalars)
-        results = wandb.Artifact(f"{_artifact_name(name)}-results", type="results")
+        results = wandb.Artifact(f"{artifact_name(name)}-results", type="results")
         for file in ("results.json", "config.yaml"):
             if (results_dir / file).is_file():
                 results.add_file(str(results_dir / file))
         run.log_artifact(results)
-        report = wandb.Artifact(f"{_artifact_name(name)}-report", type="report")
+        report = wandb.Artifact(f"{artifact_name(name)}-report", type="report")
         report.add_dir(str(report_dir))
         run.log_artifact(report)
     except BaseException:
@@ -214,8 +214,3 @@ def _write_csv_tensorboard(results_dir: Path, cfg: LoggerConfig, scalars: dict[s
         for key, png in figures.items():
             tb.experiment.add_image(key, png_array(png), 0, dataformats="HWC")
         tb.finalize("success")
-
-
-def _artifact_name(name: str) -> str:
-    """An artifact name W&B accepts (letters, digits, ``-``, ``_``, ``.``)."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)

@@ -57,6 +57,11 @@ def read_run(run_dir: Path) -> SimpleNamespace:
     )
 
 
+def nested(row: dict[str, Any], key: str) -> dict[str, Any]:
+    """The value object ``key`` of a history row, whose fields the run file stores as ``key.<field>``."""
+    return {k[len(key) + 1:]: v for k, v in row.items() if k.startswith(key + ".")}
+
+
 def table(run: SimpleNamespace, ref: dict[str, Any]) -> dict[str, Any]:
     """The JSON of a logged ``wandb.Table`` (a ``table-file`` reference in the history or summary)."""
     assert ref["_type"] == "table-file", ref
@@ -78,7 +83,8 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     out = tmp_path_factory.mktemp("dash")
     with pytest.MonkeyPatch.context() as mp:
         wandb_env(mp, out)
-        assert main(["run", *EXPERIMENT, f"output.dir={out}", "logger.use=[wandb,csv,tensorboard]"]) == 0
+        assert main(["run", *EXPERIMENT, f"output.dir={out}", "logger.use=[wandb,csv,tensorboard]",
+                     "logger.wandb.log_model=true"]) == 0
     results = json.loads((out / "results.json").read_text())
     return SimpleNamespace(out=out, results=results, runs=runs_by_name(out))
 
@@ -194,6 +200,7 @@ def test_summary_scalars_reach_csv_and_tensorboard(experiment: SimpleNamespace, 
     assert set(acc.Tags()["images"]) == {"heatmap/class_il", "forgetting/class_il"}
 
 
+@pytest.mark.filterwarnings("ignore:Experiment logs directory")  # the rewrite replaces the summary metrics.csv
 def test_report_wandb_rewrites_the_same_summary_run(experiment: SimpleNamespace, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     copy = tmp_path / "results"
@@ -218,3 +225,112 @@ def test_report_wandb_on_a_folder_without_results_is_one_clear_error(tmp_path: P
     assert main(["report", str(tmp_path), "--wandb"]) == 2
     assert "results.json not found" in capsys.readouterr().err
     assert not (tmp_path / "wandb").exists()
+
+
+# ------------------------------------------------------------------ per run
+def per_run(experiment: SimpleNamespace) -> list[tuple[dict[str, Any], SimpleNamespace]]:
+    """(results.json entry, its W&B run) for every run of the experiment."""
+    out = []
+    for r in experiment.results["runs"]:
+        (run,) = experiment.runs[r["run_id"]]
+        out.append((r, run))
+    return out
+
+
+def class_acc(confusion: list[list[list[int]]]) -> dict[str, float]:
+    """``eval/acc_class{y}`` recomputed with numpy from one row of results.json's confusion matrices."""
+    c = np.asarray(confusion).sum(axis=0)  # over the tasks' test sets
+    n = c.sum(axis=1)
+    return {f"eval/acc_class{y}": float(c[y, y] / n[y]) for y in range(len(n)) if n[y]}
+
+
+def test_confusion_matrices_in_results_json_agree_with_the_accuracy_matrix(experiment: SimpleNamespace) -> None:
+    for r in experiment.results["runs"]:
+        conf = np.asarray(r["confusion"])
+        assert conf.shape == (2, 2, 10, 10)  # [t][j][label][predicted], digits: 10 classes
+        for t in range(2):
+            for j in range(2):
+                assert conf[t, j].sum() == r["task_sizes"]["test"][j]
+                assert np.trace(conf[t, j]) / conf[t, j].sum() == pytest.approx(r["acc"][t][j])
+        # task 0 holds classes 0, 1 only; class-IL naive after task 1 predicts the new classes 2, 3
+        assert conf[:, 0, 2:].sum() == 0 and conf[1, 0][:, 2:4].sum() > 0.5 * conf[1, 0].sum()
+
+
+def test_every_per_run_scalar_and_table_equals_results_json(experiment: SimpleNamespace) -> None:
+    for r, run in per_run(experiment):
+        evals = [h for h in run.history if "tasks_trained" in h]
+        assert [h["tasks_trained"] for h in evals] == [1, 2]
+        for t, h in enumerate(evals):
+            assert [h[f"eval/acc_task{j}"] for j in range(2)] == r["acc"][t]
+            assert [h[f"eval/loss_task{j}"] for j in range(2)] == pytest.approx(r["loss"][t])
+            assert {k: v for k, v in h.items() if k.startswith("eval/acc_class")} == pytest.approx(
+                class_acc(r["confusion"][t]))
+            per_class = table(run, nested(h, "eval/per_class"))
+            assert per_class["columns"] == ["tasks_trained", "task", "class", "n", "correct", "acc"]
+            conf = r["confusion"][t]
+            assert [row[:5] for row in per_class["data"]] == [
+                [t + 1, j, y, sum(conf[j][y]), conf[j][y][y]] for j in range(2) for y in range(10) if sum(conf[j][y])]
+            confusion = table(run, nested(h, "eval/confusion"))
+            dense = np.zeros((2, 10, 10), dtype=int)
+            for tasks_trained, j, y, p, n in confusion["data"]:
+                assert tasks_trained == t + 1 and n > 0
+                dense[j, y, p] = n
+            assert dense.tolist() == conf
+        summary = run.summary["summary"]
+        assert {k[len("metrics/"):]: v for k, v in summary.items() if k.startswith("metrics/")} == pytest.approx(
+            {k: v for k, v in r["metrics"].items() if v is not None})
+        assert table(run, summary["acc_matrix"])["data"] == [[t + 1, *row] for t, row in enumerate(r["acc"])]
+
+
+def test_per_class_scalars_reach_csv_and_tensorboard(experiment: SimpleNamespace) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r, run = per_run(experiment)[0]
+    folder = Path("logs", r["setting"], r["label"], f"seed{r['seed']}")
+    with open(experiment.out / str(folder).replace("logs", "logs/csv", 1) / "metrics.csv", newline="") as fh:
+        rows = [row for row in csv.DictReader(fh) if row["tasks_trained"]]
+    tb = EventAccumulator(str(experiment.out / str(folder).replace("logs", "logs/tensorboard", 1)),
+                          size_guidance={"scalars": 0})
+    tb.Reload()
+    for t, row in enumerate(rows):
+        want = class_acc(r["confusion"][t])
+        assert {k: float(row[k]) for k in want} == pytest.approx(want)
+        assert {k: tb.Scalars(k)[t].value for k in want} == pytest.approx(want, abs=1e-6)
+
+
+def test_per_run_artifacts_hold_the_result_and_the_final_model(experiment: SimpleNamespace) -> None:
+    import torch
+
+    from cl_bench.config import RunSpec
+    from cl_bench.runner import Evaluator, build_module, load_scenario
+
+    for i, (r, run) in enumerate(per_run(experiment)):
+        kinds = {a["type"]: a for a in run.artifacts}
+        assert set(kinds) == {"run-result", "model"}
+        (result,) = kinds["run-result"]["manifest"]["contents"]
+        assert json.loads(Path(result["local_path"]).read_text()) == r
+        if i:
+            continue  # one model reloaded and evaluated is enough
+        (model,) = kinds["model"]["manifest"]["contents"]
+        spec = RunSpec(**{k: r["config"][k] for k in RunSpec.__dataclass_fields__})
+        scenario = load_scenario(spec)
+        module = build_module(spec, scenario)
+        module.load_state_dict(torch.load(model["local_path"], weights_only=True))
+        trainer = r["config"]["trainer"]
+        assert Evaluator(scenario, "cpu", trainer["eval_batch_size"], 0)(module).acc == r["acc"][-1]
+
+
+def test_confusion_switch_with_and_without_loggers(tmp_path: Path) -> None:
+    from cl_bench.config import build_plan, load_config
+    from cl_bench.loggers import logger_config
+    from cl_bench.runner import execute
+
+    tiny = [*EXPERIMENT[1:6], "strategy=naive", "settings=[class_il]", "seeds=[0]", "checks.enabled=false"]
+    (default,) = execute(build_plan(load_config([*tiny, f"output.dir={tmp_path / 'a'}"])))
+    assert np.asarray(default.confusion).shape == (2, 2, 10, 10)  # no logger attached: logger.confusion=null
+    (off,) = execute(build_plan(load_config([*tiny, f"output.dir={tmp_path / 'b'}", "logger.confusion=false"])))
+    assert off.confusion == [] and off.acc == default.acc
+    assert json.loads((tmp_path / "b" / "runs" / "class_il" / "naive" / "seed0.json").read_text())["confusion"] == []
+    cfg = logger_config(None)
+    assert cfg.records_confusion(20) and not cfg.records_confusion(21)  # null: on up to 20 classes
+    assert logger_config({"confusion": True}).records_confusion(100)
