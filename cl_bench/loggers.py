@@ -120,7 +120,26 @@ class _TaskSteps:
 
 
 class TaskWandbLogger(_TaskSteps, WandbLogger):
-    """``WandbLogger`` whose steps continue across the tasks of a run."""
+    """``WandbLogger`` whose steps continue across the tasks of a run; every row it logs is also appended
+    to ``journal`` (JSON lines, tables as their columns and data), which a resumed run replays."""
+
+    journal: Any = None  # an open text file, or None
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self.journal is not None and step is not None:
+            self.journal.write(json.dumps({"step": self.steps_before + step, "metrics": _encode(metrics)}) + "\n")
+            self.journal.flush()  # in the OS's hands now: a killed process loses none of it
+        super().log_metrics(metrics, step)
+
+    def replay(self, journal: Path, until_step: int) -> None:
+        """Log again the journal's rows up to ``until_step`` (the finished tasks of a resumed run; the
+        interrupted task's later rows are dropped) and keep only those in the journal."""
+        rows = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()] \
+            if journal.is_file() else []
+        rows = [row for row in rows if row["step"] <= until_step]
+        journal.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        for row in rows:
+            WandbLogger.log_metrics(self, _decode(row["metrics"]), row["step"])
 
 
 class TaskCSVLogger(_TaskSteps, CSVLogger):
@@ -167,9 +186,19 @@ class RunLogger:
             )
         if "wandb" in cfg.use:
             self.wandb = self._build_wandb((state or {}).get("wandb_id"))
+            journal = self._journal_path()
+            if state:  # the rows of the finished tasks, which a killed process's W&B service may not have written
+                self.wandb.replay(journal, self.steps)
+            else:
+                journal.unlink(missing_ok=True)
+            self.wandb.journal = open(journal, "a")
         for lg in self.loggers:
             cast(_TaskSteps, lg).steps_before = self.steps
             lg.log_hyperparams(self.config())
+
+    def _journal_path(self) -> Path:
+        spec = self.spec
+        return run_link_path(self.output_dir, spec.setting, spec.label, spec.seed).with_suffix(".rows.jsonl")
 
     def _dir(self, configured: str | None, default: str) -> str:
         path = Path(configured) if configured else self.output_dir / default
@@ -326,13 +355,19 @@ class RunLogger:
         artifact.add_file(str(path))
         run.log_artifact(artifact)
 
-    def close(self) -> None:
-        """Finish the W&B run (exit code 1 if the run failed) and flush CSV / TensorBoard."""
+    def close(self, interrupted: bool = False) -> None:
+        """Finish the W&B run (exit code 1 if the run failed) and flush CSV / TensorBoard; the W&B row
+        journal is removed unless the run was ``interrupted`` (its checkpoint stays for a resume)."""
         if self.csv is not None:
             self.csv.save()
         if self.tensorboard is not None:
             self.tensorboard.finalize("success")
         if self.wandb is not None:
+            if self.wandb.journal is not None:
+                self.wandb.journal.close()
+                self.wandb.journal = None
+                if not interrupted:
+                    self._journal_path().unlink(missing_ok=True)
             self.wandb.experiment.finish(exit_code=0 if self._status == "ok" else 1)
 
     def __enter__(self) -> RunLogger:
@@ -341,7 +376,7 @@ class RunLogger:
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is not None:
             self._status = "failed"
-        self.close()
+        self.close(interrupted=exc_type is not None)
 
 
 def artifact_name(name: str) -> str:
@@ -457,6 +492,24 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _encode(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A logged row as JSON: numbers as they are, a ``wandb.Table`` as ``{"__table__": [columns, data]}``."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if hasattr(v, "columns") and hasattr(v, "data"):
+            out[k] = {"__table__": [list(v.columns), v.data]}
+        else:
+            out[k] = float(v) if not isinstance(v, (int, float, str)) else v
+    return out
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`_encode`."""
+    import wandb
+
+    return {k: wandb.Table(*v["__table__"]) if isinstance(v, dict) else v for k, v in row.items()}
 
 
 def _csv_rows(path: Path, until_step: int) -> list[dict[str, float]]:

@@ -69,11 +69,13 @@ def table(run: SimpleNamespace, ref: dict[str, Any]) -> dict[str, Any]:
 
 
 def runs_by_name(root: Path) -> dict[str, list[SimpleNamespace]]:
-    """Every offline run under ``root/wandb`` by display name, oldest folder first."""
+    """Every offline run under ``root/wandb`` that holds its run record, by display name, oldest first
+    (the folder of a killed process can lack it)."""
     out: dict[str, list[SimpleNamespace]] = {}
     for run_dir in sorted((root / "wandb").glob("offline-run-*")):
-        run = read_run(run_dir)
-        out.setdefault(run.run["display_name"], []).append(run)
+        if any(json.loads(line)["type"] == "run" for line in inspect(run_dir).splitlines() if line.strip()):
+            run = read_run(run_dir)
+            out.setdefault(run.run["display_name"], []).append(run)
     return out
 
 
@@ -334,3 +336,65 @@ def test_confusion_switch_with_and_without_loggers(tmp_path: Path) -> None:
     cfg = logger_config(None)
     assert cfg.records_confusion(20) and not cfg.records_confusion(21)  # null: on up to 20 classes
     assert logger_config({"confusion": True}).records_confusion(100)
+
+
+# ------------------------------------------------------------------ kill -9 and resume
+@pytest.mark.filterwarnings("ignore:Experiment logs directory")  # the resumed run re-opens its CSV folder
+def test_kill_9_then_rerun_continues_the_wandb_run_with_every_row_once(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cl-bench run` in a subprocess, SIGKILLed by PID once its first checkpoint exists (task 1 is then
+    training), re-run to the end: the W&B run id continues, and the resumed run's offline folder holds every
+    row of results.json and every training-loss row of the finished tasks exactly once. W&B's service
+    exits at once when its parent is killed, so the killed folder keeps little or nothing: hence the replay."""
+    import os
+    import signal
+    import time
+
+    wandb_env(monkeypatch, tmp_path)
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # each process its own W&B service, as from a shell
+    cmd = [str(Path(sys.executable).parent / "cl-bench"), "run", "name=cut", "scenario.n_tasks=3",
+           "trainer.epochs=2", "trainer.batch_size=8", "trainer.train_loss_probe=50", "trainer.num_threads=1",
+           "strategy=naive", "settings=[class_il]", "seeds=[0]", "checks.enabled=false",
+           f"output.dir={tmp_path}", "logger.use=[wandb,csv]"]
+    ckpt = tmp_path / "checkpoints" / "class_il" / "naive" / "seed0.pt"
+    journal = tmp_path / "logs" / "wandb" / "class_il" / "naive" / "seed0.rows.jsonl"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ckpt.exists(), proc.stderr.read() if proc.stderr else "no checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(60) == -signal.SIGKILL
+    assert not (tmp_path / "results.json").exists() and journal.is_file()
+    (killed,) = (tmp_path / "wandb").glob("offline-run-*")
+    killed_rows = [json.loads(line) for line in journal.read_text().splitlines()]
+    task0_steps = next(row["step"] for row in killed_rows if "tasks_trained" in row["metrics"])
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not journal.exists()  # a finished run needs no replay
+    r = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+    (resumed,) = runs_by_name(tmp_path)["class_il/naive/seed0"]
+    assert resumed.dir != killed and resumed.dir.name.endswith(killed.name.rsplit("-", 1)[1])
+    assert resumed.run.get("resume") is True  # the same W&B run id, continued
+    evals = [h for h in resumed.history if "tasks_trained" in h]
+    assert [h["tasks_trained"] for h in evals] == [1, 2, 3]  # every row of results.json once, in order
+    for t, h in enumerate(evals):
+        assert [h[f"eval/acc_task{j}"] for j in range(3)] == r["acc"][t]
+        assert [h[f"eval/loss_task{j}"] for j in range(3)] == pytest.approx(r["loss"][t])
+        assert {k: v for k, v in h.items() if k.startswith("eval/acc_class")} == pytest.approx(
+            class_acc(r["confusion"][t]))
+        dense = np.zeros((3, 10, 10), dtype=int)
+        for _, j, y, p, n in table(resumed, nested(h, "eval/confusion"))["data"]:
+            dense[j, y, p] = n
+        assert dense.tolist() == r["confusion"][t]
+    assert evals[0]["trainer/global_step"] == task0_steps
+    # training losses: task 0's rows (replayed from before the kill) and the re-trained tasks', each step once
+    train = [(h["trainer/global_step"], k) for h in resumed.history for k in h if k.startswith("train/loss_task")]
+    steps = [step for step, _ in train]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    assert [st for st, k in train if k == "train/loss_task0"] == [
+        row["step"] for row in killed_rows if "train/loss_task0" in row["metrics"]]
+    assert {k for _, k in train} == {"train/loss_task0", "train/loss_task1", "train/loss_task2"}
+    assert resumed.summary["summary"]["metrics/acc"] == pytest.approx(r["metrics"]["acc"])
+    assert resumed.summary["state"] == "finished"
