@@ -258,7 +258,8 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
                       {"name": plan.name, "runs": [r.to_dict() for r in results], "aggregate": agg})
     (out / "config.yaml").write_text(OmegaConf.to_yaml(plan.config))
     log_cfg = logger_config(plan.config.get("logger"))
-    if log_cfg.use:  # the experiment-level summary (W&B run, CSV, TensorBoard) of cl_bench.wandb_summary
+    if log_cfg.use and not os.environ.get("WANDB_SWEEP_ID"):  # the experiment's summary (cl_bench.wandb_summary);
+        # under `wandb agent` a run is one assignment: `cl-bench report DIR --wandb` writes it after the sweep
         from cl_bench.wandb_summary import write_summary_run
 
         write_summary_run(out, log_cfg)

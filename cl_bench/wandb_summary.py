@@ -20,10 +20,12 @@ run. The CSV and TensorBoard loggers, when on, get the same scalars (TensorBoard
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -155,14 +157,15 @@ def write_summary_run(results_dir: Path, cfg: LoggerConfig, report_dir: Path | N
     previous = json.loads(id_path.read_text()).get("id") if id_path.is_file() else None
     save_dir = Path(w.dir or os.environ.get("WANDB_DIR") or results_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=w.project, entity=w.entity, group=w.group or name, job_type="summary", name=f"{name}/summary",
-        id=previous, resume="allow", mode=cast(Any, w.mode),  # a WANDB_MODES string; init types it as literals
-        tags=list(dict.fromkeys([*w.tags, "summary"])),
-        dir=str(save_dir), config={"experiment": name, "n_runs": len(runs),
-                                   "settings": list(dict.fromkeys(r.setting for r in runs))},
-        settings=wandb.Settings(quiet=True),
-    )
+    with _outside_an_agent():
+        run = wandb.init(
+            project=w.project, entity=w.entity, group=w.group or name, job_type="summary", name=f"{name}/summary",
+            id=previous, resume="allow", mode=cast(Any, w.mode),  # a WANDB_MODES string; init types it as literals
+            tags=list(dict.fromkeys([*w.tags, "summary"])),
+            dir=str(save_dir), config={"experiment": name, "n_runs": len(runs),
+                                       "settings": list(dict.fromkeys(r.setting for r in runs))},
+            settings=wandb.Settings(quiet=True),
+        )
     try:
         write_json_atomic(id_path, {"id": run.id, "name": run.name, "project": w.project, "url": run.url})
         logged: dict[str, Any] = {
@@ -194,6 +197,17 @@ def write_summary_run(results_dir: Path, cfg: LoggerConfig, report_dir: Path | N
         raise
     run.finish()
     return str(run.id)
+
+
+@contextlib.contextmanager
+def _outside_an_agent() -> Iterator[None]:
+    """Without ``WANDB_RUN_ID`` / ``WANDB_SWEEP_ID``: under ``wandb agent`` they name the agent's run, which
+    ``wandb.init`` would take over the summary run's own id."""
+    saved = {k: os.environ.pop(k) for k in ("WANDB_RUN_ID", "WANDB_SWEEP_ID") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _write_csv_tensorboard(results_dir: Path, cfg: LoggerConfig, scalars: dict[str, float],

@@ -398,3 +398,21 @@ def test_kill_9_then_rerun_continues_the_wandb_run_with_every_row_once(tmp_path:
     assert {k for _, k in train} == {"train/loss_task0", "train/loss_task1", "train/loss_task2"}
     assert resumed.summary["summary"]["metrics/acc"] == pytest.approx(r["metrics"]["acc"])
     assert resumed.summary["state"] == "finished"
+
+
+def test_under_a_wandb_agent_the_summary_waits_for_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent's assignment is one run (the agent's W&B run id); the summary run comes from
+    `cl-bench report --wandb` and never takes the agent's id."""
+    wandb_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep1")
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun7")
+    tiny = [*EXPERIMENT[:6], "strategy=naive", "seeds=[0]", "settings=[class_il]", "checks.enabled=false"]
+    assert main(["run", *tiny, f"output.dir={tmp_path}", "logger.use=[wandb]"]) == 0
+    assert list(runs_by_name(tmp_path)) == ["class_il/naive/seed0"]
+    assert runs_by_name(tmp_path)["class_il/naive/seed0"][0].run["run_id"] == "agentrun7"
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # a fresh process, as from the agent's shell
+    report = subprocess.run([str(Path(sys.executable).parent / "cl-bench"), "report", str(tmp_path), "--out",
+                             str(tmp_path / "report"), "--wandb"], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    (summary,) = runs_by_name(tmp_path)["dash/summary"]
+    assert summary.run["run_id"] != "agentrun7" and summary.run["job_type"] == "summary"
