@@ -108,11 +108,13 @@ class Evaluator:
               train: bool) -> tuple[float, float, list[list[int]]]:
         """Accuracy, mean cross-entropy and confusion matrix (test only, when on) of the scores (test) or of
         the network's logits as the setting evaluates them (training probe: masked to the task's classes in
-        task-IL). Confusion counts accumulate on the device: bincount of y * C + argmax, read once."""
+        task-IL). Confusion counts accumulate on the device, read once: sum over the batch of
+        onehot(y)^T onehot(argmax) (a matmul in float64, exact for counts < 2^53 and deterministic on CUDA,
+        where bincount has no deterministic kernel)."""
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         C = 0 if train else self.n_classes
-        counts = torch.zeros(C * C, device=self.device, dtype=torch.long)
+        counts = torch.zeros(C, C, device=self.device, dtype=torch.float64)
         n = 0
         s = self.scenario
         for xb, yb in iterate_eval(x, y, self.batch_size, device=self.device, mean=s.mean, std=s.std):
@@ -122,9 +124,9 @@ class Evaluator:
             pred = logits.argmax(1)
             correct += (pred == yb).sum()
             if C:
-                counts += torch.bincount(yb * C + pred, minlength=C * C)
+                counts += F.one_hot(yb, C).double().T @ F.one_hot(pred, C).double()
             n += yb.numel()
-        return int(correct) / max(n, 1), float(loss_sum) / max(n, 1), counts.view(C, C).tolist()
+        return int(correct) / max(n, 1), float(loss_sum) / max(n, 1), counts.long().tolist()
 
     @torch.no_grad()
     def __call__(self, module: ContinualModule) -> Evaluation:
