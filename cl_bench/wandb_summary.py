@@ -142,7 +142,7 @@ def write_summary_run(results_dir: Path, cfg: LoggerConfig, report_dir: Path | N
     results_dir = Path(results_dir)
     name, runs, agg = load_results(results_dir)
     scalars = aggregate_scalars(agg)
-    figures = summary_figures(name, runs)
+    figures = summary_figures(name, runs) if {"wandb", "tensorboard"} & set(cfg.use) else {}
     _write_csv_tensorboard(results_dir, cfg, scalars, figures)
     if "wandb" not in cfg.use:
         return None

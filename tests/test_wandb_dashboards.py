@@ -282,6 +282,12 @@ def test_every_per_run_scalar_and_table_equals_results_json(experiment: SimpleNa
         assert {k[len("metrics/"):]: v for k, v in summary.items() if k.startswith("metrics/")} == pytest.approx(
             {k: v for k, v in r["metrics"].items() if v is not None})
         assert table(run, summary["acc_matrix"])["data"] == [[t + 1, *row] for t, row in enumerate(r["acc"])]
+        assert table(run, summary["loss_matrix"])["data"] == [[t + 1, *row] for t, row in enumerate(r["loss"])]
+        assert summary["time/total_s"] == pytest.approx(r["timings"]["total"])
+        checks = table(run, summary["checks"])
+        assert [row[checks["columns"].index("verdict")] for row in checks["data"]] == [
+            c["verdict"] for c in r["checks"]["records"]]
+        assert summary["checks/n_pairs"] == r["checks"]["certificate"]["n_pairs"] == 1
 
 
 def test_per_class_scalars_reach_csv_and_tensorboard(experiment: SimpleNamespace) -> None:
