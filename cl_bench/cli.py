@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write a Markdown report with plots from a `cl-bench run` output folder")
     report.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (holds results.json)")
     report.add_argument("--out", help="report folder (default: reports/<name>)")
+    report.add_argument("--wandb", action="store_true",
+                        help="also (re)write the experiment's summary W&B run (logger.wandb of its config.yaml)")
     base = sub.add_parser(
         "baseline",
         help="run the regression-gate experiments from scratch and write reports/baselines/<name>.json",
@@ -248,6 +250,7 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
 
     from cl_bench.config import ConfigError
     from cl_bench.data import DatasetError
+    from cl_bench.loggers import logger_config
     from cl_bench.metrics import HEADLINE
     from cl_bench.results import OutputWriteError, aggregate, save_result, write_json_atomic, write_text_atomic
     from cl_bench.runner import RunInterrupted, add_intransigence, execute, folder_results, result_path, result_spec
@@ -295,6 +298,12 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
     except OutputWriteError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return EXIT_INPUT
+    log_cfg = logger_config(plan.config.get("logger"))
+    if log_cfg.use and not os.environ.get("WANDB_SWEEP_ID"):  # the experiment's summary (cl_bench.wandb_summary);
+        # under `wandb agent` a run is one assignment: `cl-bench report DIR --wandb` writes it after the sweep
+        from cl_bench.wandb_summary import write_summary_run
+
+        write_summary_run(out, log_cfg)
 
     for setting in dict.fromkeys(r.setting for r in results):
         table = Table(title=f"{plan.name} — {setting} (mean ± std over seeds)", title_justify="left")
@@ -377,6 +386,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: --out {out}: cannot write the report ({err})", file=sys.stderr)
         return 2
     print(f"report: {readme}")
+    if args.wandb:
+        from cl_bench.wandb_summary import summary_logger_config, write_summary_run
+
+        run_id = write_summary_run(Path(args.results_dir), summary_logger_config(Path(args.results_dir)), readme.parent)
+        print(f"summary W&B run: {run_id}")
     return 0
 
 

@@ -22,7 +22,9 @@ class RunResult:
 
     ``acc[t][j]`` / ``loss[t][j]``: test accuracy / loss on task j after
     training task t; ``train_loss[t][j]``: loss on a fixed probe of task j's
-    training set (for loss-based forgetting); ``*_init``: the untrained model.
+    training set (for loss-based forgetting); ``*_init``: the untrained model;
+    ``confusion[t][j][y][p]``: task j's test samples of class y scored as class p
+    after training task t (when ``logger.confusion`` is on).
     A joint run has a single row (its final model).
     """
 
@@ -44,6 +46,7 @@ class RunResult:
     acc_init: list[float] = field(default_factory=list)
     loss_init: list[float] = field(default_factory=list)
     train_loss_init: list[float] = field(default_factory=list)
+    confusion: list[list[list[list[int]]]] = field(default_factory=list)  # [t][j][label][predicted] (logger.confusion)
     task_sizes: dict[str, list[int]] = field(default_factory=dict)
     metrics: dict[str, float | None] = field(default_factory=dict)
     metrics_per_task: dict[str, list[float]] = field(default_factory=dict)

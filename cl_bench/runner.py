@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, cast
@@ -94,18 +94,23 @@ def augment_of(spec: RunSpec) -> Augment | None:
 # ----------------------------------------------------------------- evaluation
 @dataclass
 class Evaluation:
-    """Per-task test accuracy, test loss and training-probe loss after one task."""
+    """Per-task test accuracy, test loss and training-probe loss after one task; with the confusion
+    matrices on, ``confusion[j][y][p]`` = test samples of task j with label y scored as class p."""
 
     acc: list[float]
     loss: list[float]
     train_loss: list[float]
+    confusion: list[list[list[int]]] = field(default_factory=list)
 
 
 class Evaluator:
-    """Accuracy and loss of a module on every task's test set and training probe."""
+    """Accuracy and loss of a module on every task's test set and training probe (``confusion``: also
+    each task's test confusion matrix over the scenario's ``n_outputs`` classes)."""
 
-    def __init__(self, scenario: Scenario, device: str, batch_size: int, train_probe: int, seed: int = 0) -> None:
+    def __init__(self, scenario: Scenario, device: str, batch_size: int, train_probe: int, seed: int = 0,
+                 confusion: bool = False) -> None:
         self.scenario, self.device, self.batch_size = scenario, device, batch_size
+        self.n_classes = scenario.n_outputs if confusion else 0
         gen = torch.Generator().manual_seed(seed)
         probes = [torch.randperm(t.n_train, generator=gen)[:train_probe] for t in scenario.tasks]
         # device-resident copies, made once: (task, test x, test y, train-probe x, train-probe y)
@@ -114,34 +119,45 @@ class Evaluator:
             for t, p in zip(scenario.tasks, probes)
         ]
 
-    def _pass(self, module: ContinualModule, task: Task, x: Tensor, y: Tensor, train: bool) -> tuple[float, float]:
-        """Accuracy and mean cross-entropy of the scores (test) or of the network's logits as the setting
-        evaluates them (training probe: masked to the task's classes in task-IL)."""
+    def _pass(self, module: ContinualModule, task: Task, x: Tensor, y: Tensor,
+              train: bool) -> tuple[float, float, list[list[int]]]:
+        """Accuracy, mean cross-entropy and confusion matrix (test only, when on) of the scores (test) or of
+        the network's logits as the setting evaluates them (training probe: masked to the task's classes in
+        task-IL). Confusion counts accumulate on the device, read once: sum over the batch of
+        onehot(y)^T onehot(argmax) (a matmul in float64, exact for counts < 2^53 and deterministic on CUDA,
+        where bincount has no deterministic kernel)."""
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        C = 0 if train else self.n_classes
+        counts = torch.zeros(C, C, device=self.device, dtype=torch.float64)
         n = 0
         s = self.scenario
         for xb, yb in iterate_eval(x, y, self.batch_size, device=self.device, mean=s.mean, std=s.std):
             tb = torch.full_like(yb, task.id)
             logits = module.setting_logits(xb, tb) if train else module.eval_logits(xb, tb)
             loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-            correct += (logits.argmax(1) == yb).sum()
+            pred = logits.argmax(1)
+            correct += (pred == yb).sum()
+            if C:
+                counts += F.one_hot(yb, C).double().T @ F.one_hot(pred, C).double()
             n += yb.numel()
-        return int(correct) / max(n, 1), float(loss_sum) / max(n, 1)
+        return int(correct) / max(n, 1), float(loss_sum) / max(n, 1), counts.long().tolist()
 
     @torch.no_grad()
     def __call__(self, module: ContinualModule) -> Evaluation:
         was_training = module.training
         module.eval()
-        acc, loss, train_loss = [], [], []
+        out = Evaluation([], [], [])
         for task, x_test, y_test, x_probe, y_probe in self.data:
-            a, l = self._pass(module, task, x_test, y_test, train=False)
-            acc.append(a)
-            loss.append(l)
+            a, l, confusion = self._pass(module, task, x_test, y_test, train=False)
+            out.acc.append(a)
+            out.loss.append(l)
+            if self.n_classes:
+                out.confusion.append(confusion)
             if len(y_probe):  # trainer.train_loss_probe=0 turns the training-loss matrix off
-                train_loss.append(self._pass(module, task, x_probe, y_probe, train=True)[1])
+                out.train_loss.append(self._pass(module, task, x_probe, y_probe, train=True)[1])
         module.train(was_training)
-        return Evaluation(acc, loss, train_loss)
+        return out
 
 
 # ------------------------------------------------------------------- training
@@ -218,7 +234,9 @@ def start_or_resume(spec: RunSpec, scenario: Scenario, run_logger: RunLogger | N
         torch.set_num_threads(trainer_cfg.num_threads)
     L.seed_everything(spec.seed, verbose=False)
     module = build_module(spec, scenario).to(device)
-    evaluator = Evaluator(scenario, device, trainer_cfg.eval_batch_size, trainer_cfg.train_loss_probe)
+    log_cfg = run_logger.cfg if run_logger is not None else LoggerConfig()
+    evaluator = Evaluator(scenario, device, trainer_cfg.eval_batch_size, trainer_cfg.train_loss_probe,
+                          confusion=log_cfg.records_confusion(scenario.n_outputs))
     schedule = module.training_tasks(scenario)
     joint = len(schedule) != scenario.n_tasks
     checks = to_dataclass(ChecksConfig, spec.checks, "checks")
@@ -298,9 +316,13 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     result.acc.append(row.acc)
     result.loss.append(row.loss)
     result.train_loss.append(row.train_loss)
+    if row.confusion:
+        result.confusion.append(row.confusion)
     result.strategy_memory_bytes.append(module.state_bytes())
     if run.run_logger is not None:
-        run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps)
+        run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps, confusion=row.confusion or None)
+        if len(result.acc) == len(run.schedule):
+            run.run_logger.log_model(module)
 
 
 def save_progress(run: RunState) -> None:
@@ -537,9 +559,9 @@ def run_and_save(
 ) -> RunResult:
     """One run with per-task checkpoints and its loggers; its result file replaces the checkpoint when done."""
     ckpt = checkpoint_path(output_dir, spec)
-    if log_cfg is None or not log_cfg.use:
+    if log_cfg is None:
         result = run_one(spec, scenario, on_task_end=on_task_end, checkpoint=ckpt)
-    else:
+    else:  # a RunLogger without loggers still carries the logger config (logger.confusion)
         saved = load_checkpoint(ckpt, spec.config_hash())
         with RunLogger(log_cfg, spec, experiment, output_dir, state=saved and saved.get("logger")) as run_logger:
             result = run_one(spec, scenario, run_logger, on_task_end=on_task_end, checkpoint=ckpt)
