@@ -143,12 +143,13 @@ def run_sweeps(sweeps: Sequence[Sweep], out: Path, workers: int, train: bool = T
 
 
 def stored(plan: Any) -> list[RunResult]:
-    """The results of the plan's runs already in its output folder with the same configuration."""
+    """The results of the plan's runs already in its output folder with the same configuration and data."""
     from cl_bench.results import load_result
-    from cl_bench.runner import result_path
+    from cl_bench.runner import identify_run, result_path
 
     out = []
     for spec in plan.runs:
+        identify_run(spec)
         path = result_path(plan.output_dir, spec)
         if path.exists() and (r := load_result(path)).config_hash == spec.config_hash():
             out.append(r)
