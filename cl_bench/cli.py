@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--wandb", action="store_true", help="write the W&B Sweeps spec")
     sweep.add_argument("--out", help="folder of the spec (default: sweeps/<name>)")
     sweep.add_argument("--mode", choices=("online", "offline"), default="online", help="W&B mode of the agents' runs")
+    col = sub.add_parser("collect", help="merge the runs of several output folders into one results.json")
+    col.add_argument("folders", nargs="+", help="output folders of `cl-bench run` (W&B agents, machines)")
+    col.add_argument("--out", required=True, help="folder for the merged runs/ and results.json")
     report = sub.add_parser("report", help="write a Markdown report with plots from a `cl-bench run` output folder")
     report.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (holds results.json)")
     report.add_argument("--out", help="report folder (default: reports/<name>)")
@@ -148,6 +151,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_sweep(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "collect":
+        return cmd_collect(args)
     if args.command == "baseline":
         return cmd_baseline(args)
     if args.command == "regress":
@@ -355,6 +360,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     path = write_wandb_sweep(cfg, Path(args.out or Path("sweeps") / plan.name), mode=args.mode)
     console.print(f"{len(plan.runs)} runs -> {path}\nnext: `wandb sweep {path}`, then `wandb agent "
                   f"ENTITY/PROJECT/SWEEP_ID` on each machine (see {path.parent / 'README.md'})")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """``cl-bench collect``: one results.json (same aggregates as one run of everything) from several folders."""
+    from pathlib import Path
+
+    from cl_bench.collect import collect
+
+    try:
+        path = collect([Path(f) for f in args.folders], Path(args.out))
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"results: {path}")
     return 0
 
 

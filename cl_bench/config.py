@@ -283,10 +283,11 @@ def _check_strategy_entries(given: DictConfig, labels: list[str]) -> None:
     from cl_bench.registry import strategy_names
 
     known = set(labels) | set(strategy_names())
-    for label, entry in given.items():
-        if str(label) in known or (isinstance(entry, DictConfig) and "class" in entry):
+    for key, entry in given.items():
+        label = str(key)
+        if label in known or (isinstance(entry, DictConfig) and "class" in entry):
             continue
-        close = get_close_matches(str(label), labels, n=1)
+        close = get_close_matches(label, labels, n=1)
         hint = f"did you mean strategies.{close[0]}? " if close else ""
         raise ConfigError(f"strategies.{label}: no such label; {hint}the labels of `strategy` are "
                           f"{', '.join(labels)} (an entry for a new variant needs `class: <strategy>`)")
