@@ -9,6 +9,7 @@ Each random stream has its own generator, seeded by
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ SCENARIO_KINDS: dict[str, str] = {
 SCENARIO_KEYS: tuple[str, ...] = (
     "name", "kind", "source", "setting", "n_tasks", "classes_per_task", "class_order", "seed",
     "angle_range", "val_fraction", "train_subsample", "test_subsample", "first_identity", "augment",
-    "normalize",
+    "normalize", "pad_to", "interpolation",
 )
+#: rotation resampling: PIL's default (nearest, Mammoth's Rotated-MNIST) or bilinear (cl-bench's default)
+INTERPOLATIONS = ("bilinear", "nearest")
 # Random streams (second entry of the SeedSequence).
 _CLASS_ORDER, _PERMUTATION, _ROTATION, _TRAIN_SUBSAMPLE, _TEST_SUBSAMPLE, _VALIDATION = range(6)
 
@@ -56,6 +59,8 @@ class ScenarioConfig:
     first_identity: bool
     augment: Augment | None
     normalize: bool = True  # false: inputs only scaled to [0, 1] (the DER repository's MNIST protocol)
+    pad_to: int | None = None  # zero-pad every image, centred, to pad_to x pad_to before the task transform
+    interpolation: str = "bilinear"  # kind=rotated: resampling of the rotation (INTERPOLATIONS)
 
 
 def _err(key: str, msg: str) -> ValueError:
@@ -165,6 +170,11 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
     normalize = cfg.get("normalize", True)
     if not isinstance(normalize, bool):
         raise _err("normalize", f"must be true or false, got {normalize!r}")
+    interpolation = cfg.get("interpolation") or "bilinear"
+    if interpolation not in INTERPOLATIONS:
+        raise _err("interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    if cfg.get("interpolation") is not None and kind != "rotated":
+        raise _err("interpolation", f"applies only to kind=rotated, not kind={kind}")
     return ScenarioConfig(
         name=str(cfg.get("name") or f"{kind}-{source}"),
         kind=kind, source=source, setting=setting, n_tasks=n_tasks, classes_per_task=cpt,
@@ -172,6 +182,7 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
         angle_range=(float(angle_range[0]), float(angle_range[1])), val_fraction=float(val_fraction),
         train_subsample=_int(cfg, "train_subsample", None, 1), test_subsample=_int(cfg, "test_subsample", None, 1),
         first_identity=first_identity, augment=_augment(cfg), normalize=normalize,
+        pad_to=_int(cfg, "pad_to", None, 1), interpolation=interpolation,
     )
 
 
@@ -196,11 +207,19 @@ def permute_pixels(x: Tensor, perm: Tensor) -> Tensor:
     return x.flatten(2)[:, :, perm].reshape(x.shape)
 
 
-def rotate(x: Tensor, angle: float) -> Tensor:
-    """Rotate a whole ``uint8`` image batch counter-clockwise by ``angle`` degrees (bilinear, zero fill)."""
+def rotate(x: Tensor, angle: float, interpolation: str = "bilinear") -> Tensor:
+    """Rotate a whole ``uint8`` image batch counter-clockwise by ``angle`` degrees (zero fill)."""
     from torchvision.transforms.v2 import functional as F
 
-    return F.rotate(x, angle, interpolation=F.InterpolationMode.BILINEAR)
+    return F.rotate(x, angle, interpolation=F.InterpolationMode(interpolation))
+
+
+def pad_images(x: Tensor, size: int) -> Tensor:
+    """Zero-pad ``[N, C, H, W]`` images, centred, to ``size x size`` (the extra row / column, if odd, at the
+    bottom / right, as torchvision's ``Pad`` of (size - H) // 2 on each side and the rest after)."""
+    h, w = x.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    return torch.nn.functional.pad(x, (left, size - w - left, top, size - h - top))
 
 
 def _subsample(idx: Tensor | None, y: Tensor, limit: int | None, generator: torch.Generator) -> Tensor | None:
@@ -226,7 +245,7 @@ def _transforms(spec: ScenarioConfig, src: Source) -> list[Callable[[Tensor], Te
         perms = task_permutations(spec.seed, spec.n_tasks, math.prod(src.input_shape[1:]), spec.first_identity)
         return [lambda x, p=p: permute_pixels(x, p) for p in perms]  # type: ignore[misc]
     if spec.kind == "rotated":
-        return [lambda x, a=a: rotate(x, a)  # type: ignore[misc]
+        return [lambda x, a=a: rotate(x, a, spec.interpolation)  # type: ignore[misc]
                 for a in rotation_angles(spec.seed, spec.n_tasks, spec.angle_range)]
     return [lambda x: x] * spec.n_tasks
 
@@ -278,6 +297,12 @@ def build_scenario(cfg: Mapping[str, Any], root: str | os.PathLike | None = None
     """
     spec = parse_scenario_cfg(cfg)
     src = load_source(spec.source, root, download)
+    if spec.pad_to is not None:
+        h, w = src.input_shape[1:]
+        if spec.pad_to < max(h, w):
+            raise _err("pad_to", f"{spec.pad_to} is smaller than the {h} x {w} images of {spec.source}")
+        src = dataclasses.replace(src, x_train=pad_images(src.x_train, spec.pad_to),
+                                  x_test=pad_images(src.x_test, spec.pad_to))
     tasks = [_task(spec, src, t, f) for t, f in enumerate(_transforms(spec, src))]
     n_outputs = cast(int, spec.classes_per_task) if spec.setting == "domain_il" and spec.kind == "split" \
         else src.n_classes
