@@ -198,7 +198,7 @@ class L2(QuadraticPenalty):
 # ====================================================================== EWC
 @dataclass
 class EWCParams(ProbeParams):
-    """``fisher``: exact | sampled | empirical | empirical_weighted (see cl_bench.geometry.fisher).
+    """``fisher``: exact | sampled | argmax | empirical | empirical_weighted | batch (cl_bench.geometry.fisher).
 
     Default ``exact``: the Fisher of the model's own predictive distribution, all
     classes enumerated: no label noise, and what EWC's Laplace argument calls for
@@ -226,9 +226,9 @@ class EWC(QuadraticPenalty):
         theta_o* = the parameters at the end of task o
         F_o,i = 1/|S_o| sum_{x in S_o} sum_y p(y | x; theta_o*) (d log p(y | x; theta_o*) / d theta_i)^2
 
-    (``fisher: exact``; ``sampled`` draws y ~ p, ``empirical`` takes the true label, ``batch`` squares
-    minibatch gradients: ``cl_bench.geometry.fisher.diag_fisher``). During every later task the step's
-    loss adds
+    (``fisher: exact``; ``sampled`` draws y ~ p, ``argmax`` takes the predicted label, ``empirical`` the
+    true one, ``batch`` squares minibatch gradients: ``cl_bench.geometry.fisher.diag_fisher``). During
+    every later task the step's loss adds
 
         penalty(theta) = lam/2 * sum_o sum_i F_o,i (theta_i - theta_o,i*)^2.
     """

@@ -245,3 +245,14 @@ def test_kfac_rejects_parameters_outside_linear_layers() -> None:
     model = build_model({"name": "cnn"}, (1, 8, 8), 4, [[0, 1], [2, 3]])
     with pytest.raises(ValueError, match=r"nn.Linear layers only; parameters \['body.0.weight'"):
         linear_blocks(model)
+
+
+def test_argmax_fisher_uses_the_predicted_label() -> None:
+    model = TaskOutputs(tiny(), 0, None)
+    x, y = data()
+    pred = model(x).argmax(1)
+    assert (pred != y).any()  # so the test tells it apart from the empirical Fisher
+    got = diag_fisher(model, batches(x, y), "argmax")
+    torch.testing.assert_close(got, brute_fisher(model, x, lambda i, c, p: float(c == p.argmax())), rtol=1e-10,
+                               atol=1e-12)
+    assert not torch.allclose(got, diag_fisher(model, batches(x, y), "empirical"))

@@ -12,6 +12,8 @@ Diagonal Fisher variants (Kunstner et al. 2019 discuss the difference):
 - ``exact``:     F = 1/N sum_i sum_c p(c|x_i) (d log p(c|x_i) / d theta)^2  (all classes enumerated)
 - ``sampled``:   F = 1/N sum_i (d log p(c_i|x_i) / d theta)^2, c_i ~ p(.|x_i)  (one Monte-Carlo label)
 - ``empirical``: F = 1/N sum_i (d log p(y_i|x_i) / d theta)^2                   (true labels)
+- ``argmax``:    F = 1/N sum_i (d log p(c_i|x_i) / d theta)^2, c_i = argmax_c p(c|x_i)  (the predicted label,
+  the estimator of several EWC implementations; at a confident model close to ``exact``)
 - ``empirical_weighted``: F = 1/N sum_i p(y_i|x_i) (d log p(y_i|x_i) / d theta)^2 — the estimator
   of Mammoth's online EWC (the DER paper's code); kept only to reproduce its tables.
 - ``batch``: F = 1/M sum_m (d mean_{i in B_m} log p(y_i|x_i) / d theta)^2 over the M minibatches
@@ -33,7 +35,7 @@ from torch.func import functional_call, grad, hessian, jacrev, vmap
 from cl_bench.layout import ParamLayout, detached, flatten
 from cl_bench.models import MultiHead
 
-FISHER_KINDS: tuple[str, ...] = ("exact", "sampled", "empirical", "empirical_weighted", "batch")
+FISHER_KINDS: tuple[str, ...] = ("exact", "sampled", "argmax", "empirical", "empirical_weighted", "batch")
 DENSE_KINDS: tuple[str, ...] = ("hessian", "ggn")
 Batches = Iterable[tuple[Tensor, Tensor]]
 #: loss(logits [B, K], y [B]) -> mean loss over the batch
@@ -138,7 +140,8 @@ def diag_fisher(model: nn.Module, batches: Batches, kind: str, generator: torch.
             part = sum_tensors(_weighted_squares(_class_grads(model, xc), pc)
                                for xc, pc in zip(x.split(size), p.split(size)))
         else:
-            c = y if kind.startswith("empirical") else torch.multinomial(p, 1, generator=generator).squeeze(1)
+            c = y if kind.startswith("empirical") else p.argmax(1) if kind == "argmax" \
+                else torch.multinomial(p, 1, generator=generator).squeeze(1)
             w = p.gather(1, y[:, None]).squeeze(1) if kind == "empirical_weighted" else torch.ones_like(p[:, 0])
             size = _rows(model, 1)
             part = sum_tensors(_weighted_squares(_sample_grads(model, xc, cc), wc)
