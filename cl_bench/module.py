@@ -32,6 +32,12 @@ Order of events of a run::
         after_task(task)                         # consolidate: Fisher, anchors, buffer, masks, bases
         (runner) evaluate every task -> row t; geometry checks of tasks < t, then task t's snapshot
 
+Runs whose training is identical (class-IL and task-IL without ``mask_train_logits``,
+unless the class declares ``setting_in_training``) share one module: the runner
+trains it once and, after each task, evaluates it in each run's setting
+(``select_setting``); while it trains for several settings, ``self.setting`` is
+unreadable.
+
 ``eval_logits(x, task_ids)`` gives the scores used for evaluation (iCaRL swaps in
 its nearest-mean classifier). State that must survive a checkpoint (anchors,
 importances, buffers, masks, bases) lives in registered buffers. The network's
@@ -72,6 +78,10 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 class NonFiniteLossError(FloatingPointError):
     """A NaN/inf training loss; the message names the task and the step."""
+
+
+class SettingReadInSharedTraining(RuntimeError):
+    """A strategy read ``self.setting`` while one training served several settings."""
 
 
 @dataclass
@@ -135,7 +145,10 @@ class ContinualModule(L.LightningModule):
     Params: ClassVar[type] = NoParams
     #: submodules that are frozen copies of the network (teachers): outside the parameter layout
     frozen_copies: ClassVar[tuple[str, ...]] = ()
+    #: True when training (terms, transforms, task hooks) reads ``self.setting``: one training per setting
+    setting_in_training: ClassVar[bool] = False
     class_mask: Tensor  # registered buffer [T, n_outputs]
+    _setting: str | None
 
     def __init__(
         self,
@@ -149,7 +162,7 @@ class ContinualModule(L.LightningModule):
         self.backbone = backbone
         self.params = params if params is not None else self.Params()
         self.optim_cfg = optimizer or OptimizerConfig()
-        self.setting = scenario.setting
+        self._setting = scenario.setting
         self.n_tasks = scenario.n_tasks
         self.mask_train_logits = mask_train_logits and scenario.setting == "task_il"
         self.register_buffer("class_mask", scenario.class_mask(), persistent=False)
@@ -163,6 +176,23 @@ class ContinualModule(L.LightningModule):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    @property
+    def setting(self) -> str:
+        """The setting evaluated (class_il, task_il, domain_il); unreadable while one training serves several."""
+        if self._setting is None:
+            raise SettingReadInSharedTraining(
+                f"{self.name} reads self.setting while training: its class must declare setting_in_training = True "
+                "(then class-IL and task-IL train separately)")
+        return self._setting
+
+    def select_setting(self, setting: str | None) -> None:
+        """The setting to evaluate next; None while one training serves several settings."""
+        self._setting = setting
+
+    def shares_training(self) -> bool:
+        """Whether class-IL and task-IL runs train the identical network (only their evaluation differs)."""
+        return not (self.mask_train_logits or self.setting_in_training)
 
     # ---------------------------------------------------------------- model
     def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:

@@ -49,6 +49,7 @@ class RunResult:
     strategy_memory_bytes: list[int] = field(default_factory=list)
     peak_memory: dict[str, int] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
+    shared_training: list[str] = field(default_factory=list)  # runs trained by the same training (evaluation differs)
     versions: dict[str, str] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION

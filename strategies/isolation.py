@@ -216,7 +216,8 @@ class PackNet(MaskedUpdates):
         return {n: p * ((self.owner(n) >= 0) & (self.owner(n) <= j)) for n, p in self.backbone.named_parameters()}
 
     def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
-        if self.setting != "task_il" or task_ids is None:
+        # training sees only the current task, not learned yet: the plain network in every setting
+        if self.training or task_ids is None or self.setting != "task_il":
             return self.backbone(x, task_ids)
         learned = int(self.n_learned)
         tasks = torch.unique(task_ids).tolist()
@@ -591,6 +592,7 @@ class OGD(FlatProjection):
     """
 
     Params: ClassVar[type] = OGDParams
+    setting_in_training: ClassVar[bool] = True  # the stored gradients are of the setting's outputs
 
     def outputs_of(self, task: Task) -> Tensor:
         n = self.class_mask.shape[1]
