@@ -25,10 +25,12 @@ Order of events of a run::
                         replay_loss(step)        # stored examples or a stored model (0 by default)
                         penalty()                # a function of the parameters only (0 by default)
                         observe(step)            # after the loss: add the batch to a buffer
+                        check_finite(loss)       # kept on the device; raised at the epoch's end
                     backward
                     transform_gradients()        # from on_before_optimizer_step: surgery, masks, projections
                     optimizer.step()
                     transform_update(before)     # from optimizer_step: the step's parameter change
+                on_train_epoch_end               # report_non_finite: the epoch's first NaN/inf loss, if any
         after_task(task)                         # consolidate: Fisher, anchors, buffer, masks, bases
         (runner) evaluate every task -> row t; geometry checks of tasks < t, then task t's snapshot
 
@@ -47,7 +49,6 @@ kept beside the network (a teacher) are named in ``frozen_copies``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -149,6 +150,8 @@ class ContinualModule(L.LightningModule):
     setting_in_training: ClassVar[bool] = False
     class_mask: Tensor  # registered buffer [T, n_outputs]
     _setting: str | None
+    _bad_step: Tensor  # [] long: batch index of the epoch's first non-finite loss, -1: none
+    _bad_loss: Tensor  # [] that loss
 
     def __init__(
         self,
@@ -168,6 +171,7 @@ class ContinualModule(L.LightningModule):
         self.register_buffer("class_mask", scenario.class_mask(), persistent=False)
         self.current_task = 0
         self.phase = Phase()
+        self.on_train_epoch_start()
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Lightning sets ``_current_fx_name`` around every hook call (~40 times a step); a plain
@@ -279,11 +283,30 @@ class ContinualModule(L.LightningModule):
             with torch.no_grad():
                 self.transform_update(params, before)
 
+    def on_train_epoch_start(self) -> None:
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._bad_loss = torch.zeros((), device=self.device)
+
+    def on_train_epoch_end(self) -> None:
+        self.report_non_finite()
+
+    def on_train_end(self) -> None:
+        self.report_non_finite()  # a fit cut by max_steps inside an epoch
+
     def check_finite(self, loss: Tensor, batch_idx: int) -> None:
-        if not math.isfinite(loss.item()):
+        """Keep the first non-finite loss of the epoch and its step, on the device (no host sync per step):
+        bad_step <- batch_idx where the loss is NaN/inf and bad_step < 0."""
+        first = ~torch.isfinite(loss.detach()) & (self._bad_step < 0)
+        self._bad_step = torch.where(first, batch_idx, self._bad_step)
+        self._bad_loss = torch.where(first, loss.detach().to(self._bad_loss.dtype), self._bad_loss)
+
+    def report_non_finite(self) -> None:
+        """Raise for the first non-finite loss kept by :meth:`check_finite` (one host sync)."""
+        step = int(self._bad_step)
+        if step >= 0:
             raise NonFiniteLossError(
-                f"{self.name}: non-finite loss {loss.item()} in task {self.current_task}, "
-                f"epoch {self.current_epoch}, step {batch_idx}"
+                f"{self.name}: non-finite loss {float(self._bad_loss)} in task {self.current_task}, "
+                f"epoch {self.current_epoch}, step {step}"
             )
 
     def log_step(self, loss: Tensor) -> None:

@@ -376,9 +376,13 @@ class HAT(MaskedUpdates):
         return torch.sigmoid(self._s * e) if self.training else (e > 0).to(e.dtype)
 
     def gates(self, task_ids: Tensor) -> list[Tensor]:
-        """Per-layer gates of every sample, [B, u_l] (or [1, u_l] for the union of the learned tasks)."""
+        """Per-layer gates of every sample, [B, u_l] (or [1, u_l] for the union of the learned tasks);
+        in training every sample is of the current task."""
         if not self.training and self.setting != "task_il":
             return [self.cum(l)[None] for l in range(len(self.layers))]
+        if self.training:  # training batches are the current task's: its gates, without reading task_ids
+            pos = torch.zeros_like(task_ids)
+            return [torch.stack([self.gate(self.current_task, l)])[pos] for l in range(len(self.layers))]
         tasks, pos = torch.unique(task_ids, return_inverse=True)
         return [torch.stack([self.gate(t, l) for t in tasks.tolist()])[pos] for l in range(len(self.layers))]
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from cl_bench.config import build_plan, load_config
 from cl_bench.module import ContinualModule, SettingReadInSharedTraining, Step
-from cl_bench.registry import _REGISTRY, register
+from cl_bench.registry import _REGISTRY, register, strategy_names
 from cl_bench.runner import checkpoint_path, execute, load_scenario, result_path, run_one
 
 FAST = ["scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "settings=[class_il,task_il]",
@@ -104,6 +104,7 @@ class ReadsSetting(ContinualModule):
 
 
 def test_undeclared_setting_read_in_shared_training_is_one_clear_error(tmp_path: Path) -> None:
+    strategy_names()  # the built-in strategies are loaded before the registry is saved
     saved = dict(_REGISTRY)
     try:
         register("test_reads_setting")(ReadsSetting)
