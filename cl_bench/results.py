@@ -125,7 +125,7 @@ def device_info(device: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 

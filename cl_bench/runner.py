@@ -24,6 +24,7 @@ from typing import Any, cast
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -53,11 +54,19 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated.*")
 
 
-def resolve_device(accelerator: str) -> str:
-    """``cuda`` for gpu / cuda, or auto with CUDA available; else ``cpu``."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
+def resolve_device(cfg: TrainerConfig) -> str:
+    """The device the Trainer of ``cfg`` trains on (its root device: ``cuda:<i>`` for ``devices=[i]``,
+    or ``cpu``); the module, its batches, the evaluator and the checks all live there."""
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={cfg.accelerator}: no CUDA GPU is visible on this machine "
+                          "(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto")
+    quiet_lightning()
+    try:
+        trainer = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+                            num_nodes=cfg.num_nodes, barebones=True)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"trainer.accelerator={cfg.accelerator}, trainer.devices={cfg.devices}: {err}") from err
+    return str(trainer.strategy.root_device)
 
 
 # ------------------------------------------------------------------ scenarios
@@ -169,8 +178,8 @@ def build_module(spec: RunSpec, scenario: Scenario) -> ContinualModule:
 
 def _peak_memory(device: str) -> dict[str, int]:
     out = {"cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if device == "cuda":
-        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    if torch.device(device).type == "cuda":
+        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return out
 
 
@@ -202,10 +211,10 @@ def seeded_module(spec: RunSpec, scenario: Scenario) -> tuple[ContinualModule, s
     """Threads and seed of the run, then its module on its device."""
     quiet_lightning()
     trainer_cfg = TrainerConfig(**spec.trainer)
-    device = resolve_device(trainer_cfg.accelerator)
-    if device == "cuda":
+    device = resolve_device(trainer_cfg)
+    if torch.device(device).type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     if trainer_cfg.num_threads:
         torch.set_num_threads(trainer_cfg.num_threads)
     L.seed_everything(spec.seed, verbose=False)
@@ -474,7 +483,13 @@ def prepare(plan: Plan) -> Prepared:
     """Load every scenario and build every module once: all errors before training."""
     scenarios: dict[str, Scenario] = {}
     training: dict[str, str] = {}
+    devices: set[str] = set()
     for spec in plan.runs:
+        cfg = TrainerConfig(**spec.trainer)
+        where = json.dumps([cfg.accelerator, cfg.devices, cfg.strategy, cfg.num_nodes])
+        if where not in devices:  # a missing GPU or a bad device index: one error before any training
+            resolve_device(cfg)
+            devices.add(where)
         key = scenario_key(spec)
         if key not in scenarios:
             try:
