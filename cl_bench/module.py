@@ -24,6 +24,7 @@ Order of events of a run::
                         task_loss(step)          # the current batch's term; fills step.logits
                         replay_loss(step)        # stored examples or a stored model (0 by default)
                         penalty()                # a function of the parameters only (0 by default)
+                        keep_terms               # each term's value (terms) and epoch sum (term_sums), on the device
                         observe(step)            # after the loss: add the batch to a buffer
                         check_finite(loss)       # kept on the device; raised at the epoch's end
                     backward
@@ -152,6 +153,8 @@ class ContinualModule(L.LightningModule):
     _setting: str | None
     _bad_step: Tensor  # [] long: batch index of the epoch's first non-finite loss, -1: none
     _bad_loss: Tensor  # [] that loss
+    terms: dict[str, Tensor]  # the last step's task_loss / replay_loss / penalty (detached, on the device)
+    term_sums: dict[str, Tensor]  # their sums over the epoch's steps
 
     def __init__(
         self,
@@ -264,9 +267,11 @@ class ContinualModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor | None:
         step = Step(*batch)
         loss = self.task_loss(step)
-        for term in (self.replay_loss(step), self.penalty()):
+        terms = {"task_loss": loss, "replay_loss": self.replay_loss(step), "penalty": self.penalty()}
+        for term in (terms["replay_loss"], terms["penalty"]):
             if term is not None:
                 loss = loss + term
+        self.keep_terms(terms)
         self.observe(step)
         self.check_finite(loss, batch_idx)
         self.log_step(loss)
@@ -283,9 +288,18 @@ class ContinualModule(L.LightningModule):
             with torch.no_grad():
                 self.transform_update(params, before)
 
+    def keep_terms(self, terms: dict[str, Tensor | None]) -> None:
+        """Each term's value at this step (``terms``) and its sum over the epoch's steps (``term_sums``),
+        detached, on the device; a term that is None at a step adds nothing."""
+        self.terms = {name: v.detach() for name, v in terms.items() if v is not None}
+        for name, v in self.terms.items():
+            self.term_sums[name] = self.term_sums[name] + v if name in self.term_sums else v
+
     def on_train_epoch_start(self) -> None:
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_loss = torch.zeros((), device=self.device)
+        self.terms = {}
+        self.term_sums = {}
 
     def on_train_epoch_end(self) -> None:
         self.report_non_finite()
