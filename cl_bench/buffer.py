@@ -137,29 +137,16 @@ class Buffer(nn.Module):
         self.register_buffer("logits", torch.zeros(capacity, n_logits))
         self.register_buffer("counts", torch.zeros(2, dtype=torch.long))  # [n_seen, size]
         self.n_seen = 0  # host copies of ``counts`` (no device sync per step)
-        self._size: int | None = 0  # None: known on the device only (a balanced add), read when asked
+        self.size = 0
         self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_counts())
 
-    @property
-    def size(self) -> int:
-        """Filled slots ``[0, size)``; after a balanced add, one device read."""
-        if self._size is None:
-            self._size = int(self.counts[1])
-        return self._size
-
     def _sync_counts(self) -> None:
-        self.n_seen, self._size = (int(v) for v in self.counts.tolist())
+        self.n_seen, self.size = (int(v) for v in self.counts.tolist())
 
-    def _set_counts(self, n_seen: int, size: int | Tensor) -> None:
-        """Host ``n_seen``; ``size`` a host int or a device scalar (then the host copy is read lazily)."""
-        self.n_seen = n_seen
+    def _set_counts(self, n_seen: int, size: int) -> None:
+        self.n_seen, self.size = n_seen, size
         self.counts[0].fill_(n_seen)  # device writes: no copy from host memory
-        if isinstance(size, Tensor):
-            self.counts[1].copy_(size)
-            self._size = None
-        else:
-            self.counts[1].fill_(size)
-            self._size = size
+        self.counts[1].fill_(size)
 
     @property
     def nbytes(self) -> int:
@@ -178,7 +165,7 @@ class Buffer(nn.Module):
         if self.policy == "reservoir":
             slot = self._reservoir_slots(b, generator)
             keep = self._last_writer(slot)
-            new_size: int | Tensor = min(self.capacity, self.n_seen + b)
+            new_size = min(self.capacity, self.n_seen + b)
         else:
             group = y if self.policy == "class_balanced" else t
             slot, keep, new_size = self._balanced_slots(group, generator)
@@ -254,27 +241,28 @@ class Buffer(nn.Module):
         keep[order] = last & (s >= 0)
         return keep
 
-    def _balanced_slots(self, group: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _balanced_slots(self, group: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, int]:
         """Water-filling over groups: evict random old examples of over-full groups, keep the earliest
         incoming examples of each group; the r-th kept row takes the r-th evicted slot (ascending), then
-        the slots after the filled ones. Returns (slot, keep, new size), all on the device."""
-        dev, k, n = group.device, self.capacity, self.n_groups
-        size = self.counts[1]
-        filled = torch.arange(k, device=dev) < size
-        old = torch.where(filled, self.y if self.policy == "class_balanced" else self.t, n)  # empty slots: group n
-        groups = torch.arange(n + 1, device=dev)
-        stored = (old[:, None] == groups).sum(0)  # [n + 1]
+        the slots after the filled ones. The new size is min(K, size + B) (water-filling fills the
+        capacity), known on the host; the rest stays on the device. Returns (slot, keep, new size)."""
+        dev, k, size = group.device, self.capacity, self.size
+        old = (self.y if self.policy == "class_balanced" else self.t)[:size]
+        groups = torch.arange(self.n_groups, device=dev)
+        stored = (old[:, None] == groups).sum(0)
         incoming = (group[:, None] == groups).sum(0)
-        target = torch.cat([water_fill((stored + incoming)[:n], k, prefer=stored[:n]), stored[n:]])
+        target = water_fill(stored + incoming, k, prefer=stored)
         evict_n = (stored - target).clamp(min=0)
         keep_n = (target - stored).clamp(min=0)
-        evicted = filled & (rank_within_groups(old, self._rand(k, generator, torch.float32)) < evict_n[old])
+        evicted = rank_within_groups(old, self._rand(size, generator, torch.float32)) < evict_n[old]
         keep = rank_within_groups(group, torch.arange(group.numel(), device=dev)) < keep_n[group]
-        n_evicted = evicted.sum()
-        evicted_slots = torch.argsort((~evicted).to(torch.uint8), stable=True)  # evicted slots first, ascending
         r = torch.cumsum(keep, 0) - 1  # rank among the kept rows
-        slot = torch.where(r < n_evicted, evicted_slots[r.clamp(0, k - 1)], size + r - n_evicted)
-        return torch.where(keep, slot, -1), keep, size + keep_n.sum() - n_evicted
+        n_evicted = evicted.sum()
+        slot = size + r - n_evicted
+        if size:
+            evicted_slots = torch.argsort((~evicted).to(torch.uint8), stable=True)  # evicted first, ascending
+            slot = torch.where(r < n_evicted, evicted_slots[r.clamp(0, size - 1)], slot)
+        return torch.where(keep, slot, -1), keep, min(k, size + group.numel())
 
     # ---------------------------------------------------------------- reading
     def sample(self, n: int, generator: torch.Generator | None = None) -> BufferSample:
