@@ -217,3 +217,27 @@ def test_packnet_and_hat_are_certified_exact_isolation_in_task_il(isolation_runs
         for p in cert["pairs"]:
             assert p["kind"] == "exact_isolation", (run.label, p["reason"])
             assert p["measured"] == 0.0 and p["bound"] == 0.0
+
+
+def test_perturbation_score_is_the_curvature_ratio_whatever_the_gradient():
+    """On L = (theta - c)^T A (theta - c) / 2 the even part of the loss change is r^2 u^T A u / 2 exactly,
+    so s(r) = mean_i lambda_i / mean_u u^T A u at every radius, at a stationary anchor or not."""
+    from cl_bench.geometry.radius import perturbation_score
+
+    a = spectrum_matrix([5.0, 3.0, 1.0, 0.5, 0.1, 0.0])
+    evals, evecs = torch.linalg.eigh(a)
+    top = evecs[:, [-1, -2]]  # lambda = 5, 3
+    c = torch.zeros(6, dtype=F64)
+
+    def loss(th):
+        return float(0.5 * (th - c) @ a @ (th - c))
+
+    gen = torch.Generator().manual_seed(7)
+    rand = [torch.randn(6, generator=gen, dtype=F64) for _ in range(3)]
+    e_rand_unit = sum(float(u @ a @ u) / float(u @ u) for u in rand) / 3 / 2
+    for theta in (c, c + torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, 1.0], dtype=F64)):
+        s = perturbation_score(loss, theta, loss(theta), top, 3, [0.01, 1.0, 10.0], seed=7)
+        for r, e_eig, e_rand, score in zip(s["radii"], s["E_eig"], s["E_rand"], s["score"]):
+            assert e_eig == pytest.approx(0.5 * r * r * 4.0, rel=1e-9)
+            assert e_rand == pytest.approx(r * r * e_rand_unit, rel=1e-9)
+            assert score == pytest.approx(4.0 / (2 * e_rand_unit), rel=1e-9)

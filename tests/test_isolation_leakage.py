@@ -123,7 +123,7 @@ def test_ogd_zeroes_the_gauss_newton_energy_of_a_past_task_but_not_the_hessians(
     """OGD (Farajtabar et al. 2020) with every output gradient of every sample stored keeps J_0 D = 0 for
     D = theta_1 - theta_0*, so the Gauss-Newton energy D^T G_0 D (G_0 = sum_n J_n^T H_out J_n / N) is 0;
     the Hessian H_0 = G_0 + sum_n (dl/df_n) d^2 f_n / N keeps the residual term, which no memory of output
-    gradients sees: D^T H_0 D = D^T (H_0 - G_0) D != 0 (the C3 picture of reports/isolation.md)."""
+    gradients sees: D^T H_0 D = D^T (H_0 - G_0) D != 0 (what check C3 shows for OGD)."""
     module = build(OGD, OGDParams(samples=48, variant="all_logits"), setting="class_il",
                    widths=(32, 32), optimizer=OptimizerConfig(lr=0.1, momentum=0.9))  # 1478 parameters, 288 stored
     t0, t1, _ = module.scenario.tasks

@@ -7,10 +7,12 @@ Two-sided curves (eigenvectors, random directions) take the worse of +r and -r
 is one-sided (+r only: the path). r*(u) is the largest grid radius up to which every
 e <= tol (inf when the whole grid passes, 0 when the smallest radius already fails).
 
-Perturbation score: s(r) = E_eig(r) / E_rand(r), with E_eig(r) the mean of
-L(theta* + r v_i) - L(theta*) over the top eigenvectors v_i and E_rand(r) the
-same mean over random unit directions: how much more a step of length r along
-the sharp directions costs than a step in a random direction.
+Perturbation score: s(r) = E_eig(r) / E_rand(r), with E_eig(r) the mean over the top
+eigenvectors v_i of the even part of the loss change,
+    e(r, u) = [L(theta* + r u) + L(theta* - r u)] / 2 - L(theta*) = r^2 u^T H u / 2 + O(r^4),
+and E_rand(r) the same mean over random unit directions: how much more a step of length r along
+the sharp directions costs than a step in a random direction. The even part drops g^T u r, which
+at an anchor that is not a minimum would otherwise decide the sign of E_rand at small r.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def perturbation_score(loss: Callable[[Tensor], float], theta: Tensor, loss0: fl
     rand = [u / u.norm() for u in rand]
 
     def mean_change(dirs: list[Tensor], r: float) -> float:
-        return sum(loss(theta + r * u) - loss0 for u in dirs) / len(dirs) if dirs else math.nan
+        even = [(loss(theta + r * u) + loss(theta - r * u)) / 2 - loss0 for u in dirs]
+        return sum(even) / len(even) if even else math.nan
 
     eig = list(eigvecs.T)
     e_eig = [mean_change(eig, r) for r in radii]

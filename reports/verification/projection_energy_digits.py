@@ -1,4 +1,4 @@
-"""Exact curvature energy of the null-space projections on task-IL Split-Digits (reports/isolation.md).
+"""Exact curvature energy of the null-space projections on task-IL Split-Digits.
 
 Re-runs one label of ``configs/experiment/isolation_digits_sameprobe.yaml`` with cl-bench's own runner
 (checks off; training does not depend on them), keeps theta_o* after every task and computes, in
