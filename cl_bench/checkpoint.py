@@ -2,9 +2,11 @@
 
 A checkpoint holds the module's ``state_dict`` (strategies keep their state in
 registered buffers), the partial :class:`RunResult`, the random-number states
-and any extra state (the geometry snapshots). It is written atomically and
-deleted once the run's result is saved; it is only reused when the run's
-configuration hash matches.
+and any extra state (the geometry snapshots). It is written atomically (a
+temporary file, fsynced, renamed, the folder fsynced) and deleted once the
+run's result is saved; it is only reused when the run's configuration hash
+matches. A checkpoint that cannot be read is moved aside to
+``<name>.corrupt`` with a warning naming it, and its run starts afresh.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from cl_bench.results import fsync_folder, writing
 
 
 def rng_state() -> dict[str, Any]:
@@ -37,21 +42,43 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder;
+    a failed write (e.g. a full disk) is an :class:`~cl_bench.results.OutputWriteError` naming ``path``."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_folder(path.parent)
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """A checkpoint could not be read; it was moved aside and its run starts afresh."""
 
 
 def load_checkpoint(path: Path, config_hash: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it belongs to the same configuration, else None."""
+    """The checkpoint at ``path`` if it belongs to the same configuration, else None.
+
+    An unreadable file (truncated, not a checkpoint) is renamed to ``<path>.corrupt``
+    with a :class:`CorruptCheckpointWarning` naming both paths, and None is returned.
+    """
     if not path.exists():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(payload, dict):
+            raise TypeError(f"holds a {type(payload).__name__}, not a checkpoint")
+    except Exception as err:  # torch.load raises whatever its unpickler meets: EOFError, RuntimeError, ...
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        warnings.warn(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); moved to {aside}, "
+                      "this run starts again from its first task", CorruptCheckpointWarning, stacklevel=2)
+        return None
     return payload if payload.get("config_hash") == config_hash else None

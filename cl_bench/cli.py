@@ -6,7 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any
+
+#: exit codes: 1 a run failed or a regression, 2 unusable input (config, data, baseline, output folder), 130 Ctrl-C
+EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+RESUME_HINT = "re-run the same command to resume"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write a Markdown report with plots from a `cl-bench run` output folder")
     report.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (holds results.json)")
     report.add_argument("--out", help="report folder (default: reports/<name>)")
+    report.add_argument("--wandb", action="store_true",
+                        help="also (re)write the experiment's summary W&B run (logger.wandb of its config.yaml)")
     base = sub.add_parser(
         "baseline",
         help="run the regression-gate experiments from scratch and write reports/baselines/<name>.json",
@@ -99,9 +106,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; ``key=value`` overrides may come before, between or after the flags."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``cl-bench`` command given by ``argv`` (default: the process arguments); return its exit code."""
-    args = _parser().parse_args(argv)
+    """Run the ``cl-bench`` command given by ``argv`` (default: the process arguments); return its exit code.
+    Warnings are shown as one ``warning: ...`` line each while it runs."""
+    args = _parse(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "imports", None):
         from cl_bench.registry import IMPORTS_ENV, import_plugins
 
@@ -176,6 +207,7 @@ def _fmt(stat: dict[str, Any] | None) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     """``cl-bench run``: compose the config, then train and evaluate every run of its plan."""
     from rich.console import Console
+    from rich.markup import escape
 
     from cl_bench.config import ConfigError, build_plan, load_config
     from cl_bench.loggers import logger_config
@@ -190,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logger_config(cfg.get("logger"))
         check_agent_plan(plan)
     except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {err}")
+        console.print(f"[bold red]config error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
     if args.dry_run:
         for spec in plan.runs:
@@ -205,6 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _execute(plan: Any, console: Any, resume: bool) -> int:
     from omegaconf import OmegaConf
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -216,10 +249,11 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
     from rich.table import Table
 
     from cl_bench.config import ConfigError
-    from cl_bench.data import DatasetNotFoundError
+    from cl_bench.data import DatasetError
+    from cl_bench.loggers import logger_config
     from cl_bench.metrics import HEADLINE
-    from cl_bench.results import aggregate, save_result, write_json_atomic
-    from cl_bench.runner import add_intransigence, execute, result_path, result_spec
+    from cl_bench.results import OutputWriteError, aggregate, save_result, write_json_atomic, write_text_atomic
+    from cl_bench.runner import RunInterrupted, add_intransigence, execute, folder_results, result_path, result_spec
 
     interactive = console.is_terminal and not os.environ.get("CI")
     results = []
@@ -240,20 +274,36 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
                 if result.status != "ok":
                     console.print(f"[red]failed[/] {result.run_id}: {result.error}")
                 results.append(result)
-    except (ConfigError, DatasetNotFoundError) as err:
-        console.print(f"[bold red]error:[/] {err}")
-        return 2
+    except (ConfigError, DatasetError, OutputWriteError) as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+        return EXIT_INPUT
+    except (RunInterrupted, KeyboardInterrupt) as err:
+        print(str(err) or f"interrupted; {RESUME_HINT}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     order = {spec.run_id: i for i, spec in enumerate(plan.runs)}
     results.sort(key=lambda r: order[r.run_id])
     add_intransigence(results)
-    for result in results:  # intransigence is known only once the joint run exists
-        if result.status == "ok":
-            save_result(result, result_path(plan.output_dir, result_spec(plan, result)))
-    agg = aggregate(results)
     out = plan.output_dir
-    write_json_atomic(out / "results.json",
-                      {"name": plan.name, "runs": [r.to_dict() for r in results], "aggregate": agg})
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(plan.config))
+    try:
+        for result in results:  # intransigence is known only once the joint run exists
+            if result.status == "ok":
+                save_result(result, result_path(out, result_spec(plan, result)))
+        # every finished run of the folder, this plan's first: a later experiment into it drops nothing
+        ours = {r.run_id for r in results}
+        folder = results + [r for r in folder_results(out) if r.run_id not in ours and r.status == "ok"]
+        agg = aggregate(folder)
+        write_json_atomic(out / "results.json",
+                          {"name": plan.name, "runs": [r.to_dict() for r in folder], "aggregate": agg})
+        write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plan.config))
+    except OutputWriteError as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+        return EXIT_INPUT
+    log_cfg = logger_config(plan.config.get("logger"))
+    if log_cfg.use and not os.environ.get("WANDB_SWEEP_ID"):  # the experiment's summary (cl_bench.wandb_summary);
+        # under `wandb agent` a run is one assignment: `cl-bench report DIR --wandb` writes it after the sweep
+        from cl_bench.wandb_summary import write_summary_run
+
+        write_summary_run(out, log_cfg)
 
     for setting in dict.fromkeys(r.setting for r in results):
         table = Table(title=f"{plan.name} — {setting} (mean ± std over seeds)", title_justify="left")
@@ -272,7 +322,8 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
         plot_predicted_vs_measured(results, out / "geometry_predicted_vs_measured.png")
         plot_forgetting_vs_update_size(results, out / "geometry_forgetting_vs_update.png")
     failed = [r for r in results if r.status != "ok"]
-    console.print(f"results: {out / 'results.json'} ({len(results)} runs, {len(failed)} failed)")
+    earlier = f"; {len(folder) - len(results)} earlier runs of the folder kept" if len(folder) > len(results) else ""
+    console.print(f"results: {out / 'results.json'} ({len(results)} runs, {len(failed)} failed{earlier})")
     return 1 if failed else 0
 
 
@@ -312,14 +363,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cl_bench.report import load_results, write_report
+    from cl_bench.results import OutputWriteError
 
+    source = Path(args.results_dir) / "results.json"
     try:
         name = load_results(Path(args.results_dir))[0]
-        readme = write_report(Path(args.results_dir), Path(args.out or Path("reports") / name))
-    except (FileNotFoundError, ValueError) as err:
+    except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        print(f"error: {source}: not a readable results file ({type(err).__name__}: {err}); re-run "
+              "`cl-bench run` into that folder to rewrite it", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("reports") / name)
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        print(f"error: --out {out}: {blocker} is a file, not a folder; name a folder for the report", file=sys.stderr)
+        return 2
+    try:
+        readme = write_report(Path(args.results_dir), out)
+    except (OSError, OutputWriteError) as err:
+        print(f"error: --out {out}: cannot write the report ({err})", file=sys.stderr)
+        return 2
     print(f"report: {readme}")
+    if args.wandb:
+        from cl_bench.wandb_summary import summary_logger_config, write_summary_run
+
+        run_id = write_summary_run(Path(args.results_dir), summary_logger_config(Path(args.results_dir)), readme.parent)
+        print(f"summary W&B run: {run_id}")
     return 0
 
 
@@ -328,9 +399,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cl_bench.config import CONFIG_DIR, ConfigError
-    from cl_bench.data import DatasetNotFoundError
+    from cl_bench.data import DatasetError
     from cl_bench.regress import build, make_baseline
-    from cl_bench.results import write_json_atomic
+    from cl_bench.results import OutputWriteError, write_json_atomic
+    from cl_bench.runner import RunInterrupted
 
     if args.config and args.experiment:
         print("error: pass --config or --experiment, not both", file=sys.stderr)
@@ -342,15 +414,18 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         jobs = [[f"experiment={n}"] for n in names]
     try:  # every plan validated before anything trains
         plans = [(build([*job, *args.overrides], args.config, Path(args.runs_dir), args.workers), job) for job in jobs]
-    except (ConfigError, DatasetNotFoundError) as err:
+    except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     for plan, job in plans:
         try:
             base = make_baseline(plan, [*job, *args.overrides], args.config)
-        except (DatasetNotFoundError, RuntimeError) as err:
+        except (ConfigError, DatasetError, OutputWriteError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
-            return 2
+            return EXIT_INPUT
+        except RunInterrupted as err:
+            print(str(err), file=sys.stderr)
+            return EXIT_INTERRUPTED
         path = Path(args.out) / f"{base['name']}.json"
         write_json_atomic(path, base)
         print(f"baseline: {path} ({len(base['run_hashes'])} runs, {base['wall_s']:.0f} s, "
@@ -367,11 +442,13 @@ def cmd_regress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rich.console import Console
+    from rich.markup import escape
 
     from cl_bench.config import ConfigError
-    from cl_bench.data import DatasetNotFoundError
+    from cl_bench.data import DatasetError
     from cl_bench.regress import (
         DEFAULT_K,
+        BaselineError,
         build,
         changed_runs,
         compare,
@@ -381,7 +458,8 @@ def cmd_regress(args: argparse.Namespace) -> int:
         run_plan,
         summarize,
     )
-    from cl_bench.results import write_json_atomic
+    from cl_bench.results import OutputWriteError, write_json_atomic
+    from cl_bench.runner import RunInterrupted
 
     console = Console()
     if not console.is_terminal:
@@ -398,23 +476,30 @@ def cmd_regress(args: argparse.Namespace) -> int:
     except ValueError as err:
         console.print(f"[bold red]error:[/] {err}")
         return 2
+    try:  # every baseline read whole and every plan validated before anything trains
+        bases = [(path, load_baseline(path)) for path in paths]
+    except BaselineError as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+        return EXIT_INPUT
     jobs = []
-    for path in paths:  # every baseline read and every plan validated before anything trains
+    for path, base in bases:
         try:
-            base = load_baseline(path)
             jobs.append((path, base, build([*base["overrides"], *args.overrides], base["config_file"],
                                            Path(args.runs_dir), args.workers)))
-        except (ConfigError, DatasetNotFoundError, ValueError, OSError) as err:
-            console.print(f"[bold red]error:[/] {path}: {err}")
-            return 2
+        except (ConfigError, DatasetError, ValueError, OSError) as err:
+            console.print(f"[bold red]error:[/] {path}: {escape(str(err))}", soft_wrap=True)
+            return EXIT_INPUT
     failed = False
     for path, base, plan in jobs:
         start = time.perf_counter()
         try:
             results = run_plan(plan, resume=False)
-        except (DatasetNotFoundError, OSError) as err:
-            console.print(f"[bold red]error:[/] {path}: {err}")
-            return 2
+        except (ConfigError, DatasetError, OutputWriteError) as err:
+            console.print(f"[bold red]error:[/] {path}: {escape(str(err))}", soft_wrap=True)
+            return EXIT_INPUT
+        except RunInterrupted as err:
+            print(str(err), file=sys.stderr)
+            return EXIT_INTERRUPTED
         rows = compare(base["metrics"], summarize(results), k, floors)
         bad = [r for r in rows if r.regressed]
         changed = changed_runs(base, plan)
@@ -431,7 +516,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
         console.print(moves_table(base, rows))
         failed = failed or bool(bad)
     console.print("[bold red]regression gate FAILED[/]" if failed else "regression gate passed")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -439,10 +524,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cl_bench.config import ConfigError
-    from cl_bench.data import DatasetNotFoundError
+    from cl_bench.data import DatasetError
     from cl_bench.regress import run_plan
     from cl_bench.reproduce import DEFAULT_SPEC, finished_results, load_spec, plan_of, render, rows_of, select
-    from cl_bench.results import write_text_atomic
+    from cl_bench.results import OutputWriteError, write_text_atomic
+    from cl_bench.runner import RunInterrupted
 
     spec_path = Path(args.spec) if args.spec else DEFAULT_SPEC
     rows, stale = [], []
@@ -460,9 +546,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             else:
                 results = run_plan(plan, resume=True)
             rows += rows_of(name, entries[name], results, len({s.seed for s in plan.runs}), spec)
-    except (ConfigError, DatasetNotFoundError) as err:
+    except (ConfigError, DatasetError, OutputWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
+    except RunInterrupted as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_INTERRUPTED
     command = " ".join(["cl-bench reproduce", f"--runs-dir {args.runs_dir}", *(f"--only {o}" for o in args.only or []),
                         *(["--no-train"] if args.no_train else [])])
     out = Path(args.out)

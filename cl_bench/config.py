@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ TOP_LEVEL_KEYS = (
     "trainer", "optimizer", "data", "output", "checks", "logger", "sweep", "experiment",
 )
 SETTINGS = ("class_il", "task_il", "domain_il")
+SEED_RANGE = (0, 2**32 - 1)  # what every seeded generator (numpy, Lightning's seed_everything) accepts
+#: sections that shape the runs but not the result of any one of them: left out of the default folder's hash
+NOT_EXPERIMENT_KEYS = ("name", "output", "sweep", "logger", "seeds", "settings", "strategy", "strategies")
 
 
 class ConfigError(ValueError):
@@ -69,6 +73,18 @@ class TrainerConfig:
             raise ValueError(f"train_loss_probe must be >= 0, got {self.train_loss_probe}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be -1 (off) or >= 1, got {self.max_steps}")
+        valid = precision_values()
+        if str(self.precision) not in valid:
+            raise ValueError(f"precision={self.precision!r} is not one of Lightning's: {', '.join(valid)}")
+
+
+def precision_values() -> tuple[str, ...]:
+    """The ``trainer.precision`` values Lightning's Trainer accepts."""
+    from typing import get_args
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    return (*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS))
 
 
 @dataclass
@@ -81,13 +97,17 @@ class DataConfig:
 
 @dataclass
 class OutputConfig:
-    """The experiment's output folder (results.json, runs/, checkpoints/)."""
+    """The experiment's output folder (results.json, runs/, checkpoints/);
+    null: ``results/<name>-<hash>`` (:func:`default_output_dir`)."""
 
-    dir: str | None = "results/default"
+    dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.dir is None or not str(self.dir).strip():
-            raise ValueError("dir is empty: name the output folder (e.g. output.dir=results/my_experiment)")
+        if self.dir is not None and not str(self.dir).strip():
+            raise ValueError(EMPTY_OUTPUT_DIR)
+
+
+EMPTY_OUTPUT_DIR = "dir is empty: name the output folder (e.g. output.dir=results/my_experiment) or leave it unset"
 
 
 @dataclass
@@ -139,6 +159,25 @@ class Plan:
 
 
 # ----------------------------------------------------------------- loading
+def load_yaml(path: str | Path, what: str) -> DictConfig:
+    """A YAML mapping from ``path``; any other content is a :class:`ConfigError` naming ``what`` and the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} {path}: file not found")
+    if path.is_dir():
+        raise ConfigError(f"{what} {path}: is a directory; name a YAML file")
+    try:
+        loaded = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} {path}: cannot be read ({err})") from err
+    except Exception as err:  # yaml.YAMLError and omegaconf's own errors: both name the line
+        raise ConfigError(f"{what} {path}: not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(loaded, DictConfig):
+        kind = "list" if isinstance(loaded, ListConfig) else type(loaded).__name__
+        raise ConfigError(f"{what} {path}: the file holds a {kind}, not a mapping of keys (name: ..., scenario: ...)")
+    return loaded
+
+
 def _group_file(group: str, name: str) -> Path:
     path = CONFIG_DIR / group / f"{name}.yaml"
     if not path.exists():
@@ -150,11 +189,11 @@ def _group_file(group: str, name: str) -> Path:
 def _resolve_group(group: str, value: Any) -> DictConfig:
     """A group value (file name or mapping with optional ``_base``) -> mapping."""
     if isinstance(value, str):
-        return cast(DictConfig, OmegaConf.load(_group_file(group, value)))
+        return load_yaml(_group_file(group, value), group)
     if isinstance(value, DictConfig):
         base = value.get("_base")
         rest = OmegaConf.masked_copy(value, cast(list[str], [k for k in value if k != "_base"]))
-        return cast(DictConfig, OmegaConf.merge(OmegaConf.load(_group_file(group, base)), rest)) if base else rest
+        return cast(DictConfig, OmegaConf.merge(load_yaml(_group_file(group, base), group), rest)) if base else rest
     raise ConfigError(f"{group} must be a name from configs/{group}/ or a mapping, got {value!r}")
 
 
@@ -163,6 +202,8 @@ def _parse_overrides(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
+        if item.split("=", 1)[0] == "output.dir" and not item.split("=", 1)[1].strip():
+            raise ConfigError(f"output: {EMPTY_OUTPUT_DIR}")
     selections = [o for o in overrides if o.split("=", 1)[0] in (*GROUPS, "strategy", "experiment")]
     fields = [o for o in overrides if o not in selections]
     try:
@@ -174,15 +215,13 @@ def _parse_overrides(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
 def load_config(overrides: list[str] | None = None, config_file: str | None = None) -> DictConfig:
     """Compose the experiment configuration (no validation beyond group names)."""
     selections, fields = _parse_overrides(list(overrides or []))
-    cfg = cast(DictConfig, OmegaConf.load(CONFIG_DIR / "default.yaml"))
+    cfg = load_yaml(CONFIG_DIR / "default.yaml", "defaults")
     experiment = selections.pop("experiment", None)
     layers: list[Any] = []
     if experiment:
-        layers.append(OmegaConf.load(_group_file("experiment", str(experiment))))
+        layers.append(load_yaml(_group_file("experiment", str(experiment)), "experiment"))
     if config_file:
-        if not Path(config_file).exists():
-            raise ConfigError(f"--config {config_file}: file not found")
-        layers.append(OmegaConf.load(config_file))
+        layers.append(load_yaml(config_file, "--config"))
     for layer in (*layers, selections):
         # a group replaced by a new name or mapping must not be merged into the old one
         for key in (*GROUPS, "strategy"):
@@ -230,7 +269,7 @@ def _resolve_strategies(cfg: DictConfig) -> DictConfig:
     out = OmegaConf.create({})
     for label in labels:
         path = CONFIG_DIR / "strategy" / f"{label}.yaml"
-        base = OmegaConf.load(path) if path.exists() else OmegaConf.create({})
+        base = load_yaml(path, "strategy") if path.exists() else OmegaConf.create({})
         out[label] = OmegaConf.merge(base, given.get(label) or {})
     return out
 
@@ -244,7 +283,8 @@ def to_dataclass(cls: type, data: Any, where: str) -> Any:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", "")
         valid = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ConfigError(f"{where}.{key}: {getattr(err, 'msg', err)} (valid keys: {valid})") from err
+        first = str(getattr(err, "msg", err)).splitlines()[0]  # omegaconf appends full_key / object_type lines
+        raise ConfigError(f"{where}.{key}: {first} (valid keys: {valid})") from err
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from err
 
@@ -281,8 +321,13 @@ def build_plan(cfg: DictConfig) -> Plan:
     if repeated:
         raise ConfigError(f"seeds lists {repeated} more than once: each seed is one run (repeats would fake "
                           "the statistics); remove the repeats")
+    low, high = SEED_RANGE
+    outside = [s for s in seeds if not low <= s <= high]
+    if outside:
+        raise ConfigError(f"seeds {outside} outside [{low}, {high}] (the range of the seeded generators)")
+    _check_finite(_container(cfg), "")
     to_dataclass(DataConfig, _container(cfg.get("data")), "data")
-    to_dataclass(OutputConfig, _container(cfg.get("output")), "output")
+    output = to_dataclass(OutputConfig, _container(cfg.get("output")), "output")
     to_dataclass(TrainerConfig, cfg.trainer, "trainer")  # global sections are checked even when
     to_dataclass(OptimizerConfig, cfg.optimizer, "optimizer")  # every strategy overrides them
 
@@ -316,4 +361,26 @@ def build_plan(cfg: DictConfig) -> Plan:
                 )
     to_dataclass(ChecksConfig, cfg.get("checks"), "checks")
     sweep = to_dataclass(SweepConfig, cfg.get("sweep"), "sweep")
-    return Plan(name=name, output_dir=Path(str(cfg.output.dir)), runs=runs, config=cfg, workers=sweep.workers)
+    out = Path(output.dir) if output.dir is not None else default_output_dir(cfg)
+    return Plan(name=name, output_dir=out, runs=runs, config=cfg, workers=sweep.workers)
+
+
+def _check_finite(node: Any, where: str) -> None:
+    """Refuse NaN and infinite numbers anywhere in the configuration, naming the key."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{where}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{where}={node} is not a finite number; give a finite value")
+
+
+def default_output_dir(cfg: DictConfig) -> Path:
+    """``results/<name>-<hash>``: the hash (8 hex digits) covers every section that changes a run's result
+    except the strategies and seeds, so experiments that differ in scenario, model, trainer, optimizer,
+    data or checks never share a folder, while more strategies or seeds of one experiment join it."""
+    body = {k: v for k, v in _container(cfg).items() if k not in NOT_EXPERIMENT_KEYS}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path("results") / f"{cfg.name}-{digest}"

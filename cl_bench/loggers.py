@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,10 +30,12 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from omegaconf import DictConfig, ListConfig
 
 from cl_bench.config import RunSpec, to_dataclass
-from cl_bench.results import RunResult
+from cl_bench.results import RunResult, write_json_atomic
 
 LOGGERS = ("wandb", "csv", "tensorboard")
 WANDB_MODES = ("offline", "online", "disabled")
+#: ``logger.confusion=null`` records the confusion matrices when the scenario has at most this many classes
+CONFUSION_MAX_CLASSES = 20
 
 
 # ------------------------------------------------------------------- config
@@ -46,6 +49,7 @@ class WandbConfig:
     group: Optional[str] = None  # null: the experiment name
     tags: list[str] = field(default_factory=list)
     dir: Optional[str] = None  # null: $WANDB_DIR, else output.dir (runs go to <dir>/wandb/)
+    log_model: bool = False  # the final model's state_dict as a W&B artifact (type model)
 
     def __post_init__(self) -> None:
         if self.mode not in WANDB_MODES:
@@ -72,6 +76,7 @@ class LoggerConfig:
 
     use: list[str] = field(default_factory=list)
     log_every_n_steps: int = 10  # training-loss logging period, for the Trainer
+    confusion: Optional[bool] = None  # per-class accuracy and confusion matrices; null: on up to 20 classes
     wandb: WandbConfig = field(default_factory=WandbConfig)
     csv: CSVConfig = field(default_factory=CSVConfig)
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
@@ -84,6 +89,10 @@ class LoggerConfig:
             raise ValueError(f"use: a logger is listed twice in {list(self.use)}")
         if self.log_every_n_steps < 1:
             raise ValueError(f"log_every_n_steps must be >= 1, got {self.log_every_n_steps}")
+
+    def records_confusion(self, n_classes: int) -> bool:
+        """Whether runs record per-class confusion matrices (``confusion``; null: n_classes <= 20)."""
+        return n_classes <= CONFUSION_MAX_CLASSES if self.confusion is None else self.confusion
 
 
 def logger_config(node: Any) -> LoggerConfig:
@@ -111,7 +120,26 @@ class _TaskSteps:
 
 
 class TaskWandbLogger(_TaskSteps, WandbLogger):
-    """``WandbLogger`` whose steps continue across the tasks of a run."""
+    """``WandbLogger`` whose steps continue across the tasks of a run; every row it logs is also appended
+    to ``journal`` (JSON lines, tables as their columns and data), which a resumed run replays."""
+
+    journal: Any = None  # an open text file, or None
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self.journal is not None and step is not None:
+            self.journal.write(json.dumps({"step": self.steps_before + step, "metrics": _encode(metrics)}) + "\n")
+            self.journal.flush()  # in the OS's hands now: a killed process loses none of it
+        super().log_metrics(metrics, step)
+
+    def replay(self, journal: Path, until_step: int) -> None:
+        """Log again the journal's rows up to ``until_step`` (the finished tasks of a resumed run; the
+        interrupted task's later rows are dropped) and keep only those in the journal."""
+        rows = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()] \
+            if journal.is_file() else []
+        rows = [row for row in rows if row["step"] <= until_step]
+        journal.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        for row in rows:
+            WandbLogger.log_metrics(self, _decode(row["metrics"]), row["step"])
 
 
 class TaskCSVLogger(_TaskSteps, CSVLogger):
@@ -158,9 +186,19 @@ class RunLogger:
             )
         if "wandb" in cfg.use:
             self.wandb = self._build_wandb((state or {}).get("wandb_id"))
+            journal = self._journal_path()
+            if state:  # the rows of the finished tasks, which a killed process's W&B service may not have written
+                self.wandb.replay(journal, self.steps)
+            else:
+                journal.unlink(missing_ok=True)
+            self.wandb.journal = open(journal, "a")
         for lg in self.loggers:
             cast(_TaskSteps, lg).steps_before = self.steps
             lg.log_hyperparams(self.config())
+
+    def _journal_path(self) -> Path:
+        spec = self.spec
+        return run_link_path(self.output_dir, spec.setting, spec.label, spec.seed).with_suffix(".rows.jsonl")
 
     def _dir(self, configured: str | None, default: str) -> str:
         path = Path(configured) if configured else self.output_dir / default
@@ -189,10 +227,14 @@ class RunLogger:
             raise ValueError(
                 f"logger.wandb.mode={w.mode}: {err} (or set WANDB_API_KEY, or use logger.wandb.mode=offline)"
             ) from err
+        write_json_atomic(run_link_path(self.output_dir, spec.setting, spec.label, spec.seed),
+                          {"name": run.name, "id": run.id, "project": w.project, "entity": w.entity,
+                           "group": w.group or self.experiment, "url": run.url})
         # forgetting curves: every evaluation key against the number of tasks trained
         run.define_metric("tasks_trained")
         for key in self._eval_keys(int(spec.scenario["n_tasks"])):
             run.define_metric(key, step_metric="tasks_trained")
+        run.define_metric("eval/acc_class*", step_metric="tasks_trained")
         return lg
 
     @staticmethod
@@ -217,10 +259,14 @@ class RunLogger:
             lg.save()
 
     # ----------------------------------------------------------- per task
-    def log_task_end(self, t: int, acc_row: list[float], loss_row: list[float], steps: int) -> None:
+    def log_task_end(self, t: int, acc_row: list[float], loss_row: list[float], steps: int,
+                     confusion: list[list[list[int]]] | None = None) -> None:
         """Row t of the accuracy / loss matrices after training task t for ``steps`` optimizer steps.
 
         ``eval/acc_seen`` = mean_{j<=t} acc_row[j] (average accuracy on the tasks trained so far).
+        ``confusion[j][y][p]`` (test samples of task j, label y, predicted p) adds ``eval/acc_class{y}``
+        = sum_j confusion[j][y][y] / sum_j sum_p confusion[j][y][p] to every logger, and to W&B the tables
+        ``eval/per_class`` (:func:`per_class_table`) and ``eval/confusion`` (:func:`confusion_table`).
         """
         if len(acc_row) != len(loss_row):
             raise ValueError(f"log_task_end: acc_row has {len(acc_row)} entries, loss_row {len(loss_row)}")
@@ -232,7 +278,17 @@ class RunLogger:
         scalars: dict[str, float] = {"tasks_trained": t + 1, "eval/acc_seen": sum(acc_row[: t + 1]) / (t + 1)}
         scalars.update({f"eval/acc_task{j}": float(a) for j, a in enumerate(acc_row)})
         scalars.update({f"eval/loss_task{j}": float(v) for j, v in enumerate(loss_row)})
-        self._log_scalars(scalars)
+        if confusion:
+            scalars.update({f"eval/acc_class{y}": a for y, a in class_accuracy(confusion).items()})
+        self._log_scalars(scalars, [lg for lg in self.loggers if lg is not self.wandb])
+        if self.wandb is not None:
+            import wandb
+
+            logged: dict[str, Any] = dict(scalars)
+            if confusion:
+                logged["eval/per_class"] = wandb.Table(*per_class_table(t + 1, confusion))  # type: ignore[arg-type]
+                logged["eval/confusion"] = wandb.Table(*confusion_table(t + 1, confusion))  # type: ignore[arg-type]
+            self.wandb.log_metrics(logged, step=0)
 
     # ------------------------------------------------------------ per run
     def log_result(self, result: RunResult) -> None:
@@ -247,9 +303,10 @@ class RunLogger:
         self._log_scalars(scalars, [lg for lg in self.loggers if lg is not self.wandb])
         joint = result.joint
         title = f"{result.label}: {result.setting}, seed {result.seed}"
-        heatmap = png_bytes(acc_matrix_figure(result.acc, title, joint)) if result.acc else None
+        drawn = result.acc and (self.wandb is not None or self.tensorboard is not None)
+        heatmap = png_bytes(acc_matrix_figure(result.acc, title, joint)) if drawn else None
         if self.tensorboard is not None and heatmap is not None:
-            self.tensorboard.experiment.add_image("acc_matrix", _png_array(heatmap), self.steps, dataformats="HWC")
+            self.tensorboard.experiment.add_image("acc_matrix", png_array(heatmap), self.steps, dataformats="HWC")
             self.tensorboard.experiment.flush()
         if self.wandb is None:
             return
@@ -271,14 +328,46 @@ class RunLogger:
             tables["checks"] = wandb.Table(*flat_table(rows))  # type: ignore[arg-type]
         if tables:
             run.log(tables)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "result.json"
+            path.write_text(json.dumps(result.to_dict(), indent=1))
+            self._log_artifact(run, "result", "run-result", path)
 
-    def close(self) -> None:
-        """Finish the W&B run (exit code 1 if the run failed) and flush CSV / TensorBoard."""
+    def log_model(self, module: Any) -> None:
+        """The final model's ``state_dict`` as a W&B artifact of type ``model`` (``logger.wandb.log_model``)."""
+        if self.wandb is None or not self.cfg.wandb.log_model:
+            return
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.pt"
+            torch.save(module.state_dict(), path)
+            self._log_artifact(self.wandb.experiment, "model", "model", path)
+
+    def _log_artifact(self, run: Any, kind: str, artifact_type: str, path: Path) -> None:
+        """``path`` as the artifact ``<kind>-<setting>-<label>-seed<k>`` of ``run`` (W&B copies it at once)."""
+        import wandb
+
+        spec = self.spec
+        artifact = wandb.Artifact(artifact_name(f"{kind}-{spec.setting}-{spec.label}-seed{spec.seed}"),
+                                  type=artifact_type, metadata={"run_id": spec.run_id,
+                                                                "config_hash": spec.config_hash()})
+        artifact.add_file(str(path))
+        run.log_artifact(artifact)
+
+    def close(self, interrupted: bool = False) -> None:
+        """Finish the W&B run (exit code 1 if the run failed) and flush CSV / TensorBoard; the W&B row
+        journal is removed unless the run was ``interrupted`` (its checkpoint stays for a resume)."""
         if self.csv is not None:
             self.csv.save()
         if self.tensorboard is not None:
             self.tensorboard.finalize("success")
         if self.wandb is not None:
+            if self.wandb.journal is not None:
+                self.wandb.journal.close()
+                self.wandb.journal = None
+                if not interrupted:
+                    self._journal_path().unlink(missing_ok=True)
             self.wandb.experiment.finish(exit_code=0 if self._status == "ok" else 1)
 
     def __enter__(self) -> RunLogger:
@@ -287,7 +376,22 @@ class RunLogger:
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is not None:
             self._status = "failed"
-        self.close()
+        self.close(interrupted=exc_type is not None)
+
+
+def artifact_name(name: str) -> str:
+    """A W&B artifact name (letters, digits, ``-``, ``_``, ``.``): other characters become ``-``."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def run_link_path(output_dir: Path, setting: str, label: str, seed: int) -> Path:
+    """Where a run's W&B identity (name, id, project, url) is kept for the summary run's links."""
+    return Path(output_dir) / "logs" / "wandb" / setting / label / f"seed{seed}.json"
+
+
+def summary_id_path(output_dir: Path) -> Path:
+    """Where the summary W&B run's identity is kept, so a rewrite continues the same run."""
+    return Path(output_dir) / "logs" / "wandb" / "summary.json"
 
 
 # ----------------------------------------------------------- run records
@@ -309,6 +413,32 @@ def result_scalars(result: RunResult) -> dict[str, float]:
     if isinstance(cert, dict):
         out.update({f"checks/{k}": float(v) for k, v in cert.items() if k.startswith("n_") and isinstance(v, int)})
     return out
+
+
+def class_accuracy(confusion: list[list[list[int]]]) -> dict[int, float]:
+    """Accuracy of every class y with test samples, over all tasks' test sets:
+    sum_j C[j][y][y] / sum_j sum_p C[j][y][p]."""
+    out: dict[int, float] = {}
+    for y in range(len(confusion[0])):
+        n = sum(sum(c[y]) for c in confusion)
+        if n:
+            out[y] = sum(c[y][y] for c in confusion) / n
+    return out
+
+
+def per_class_table(tasks_trained: int, confusion: list[list[list[int]]]) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows): per (task j, class y) with test samples: n = sum_p C[j][y][p], correct = C[j][y][y],
+    acc = correct / n."""
+    rows = [[tasks_trained, j, y, sum(row), row[y], row[y] / sum(row)]
+            for j, c in enumerate(confusion) for y, row in enumerate(c) if sum(row)]
+    return ["tasks_trained", "task", "class", "n", "correct", "acc"], rows
+
+
+def confusion_table(tasks_trained: int, confusion: list[list[list[int]]]) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows): the non-zero counts C[j][y][p] (task j's test samples of label y predicted as p)."""
+    rows = [[tasks_trained, j, y, p, n] for j, c in enumerate(confusion) for y, row in enumerate(c)
+            for p, n in enumerate(row) if n]
+    return ["tasks_trained", "task", "label", "predicted", "count"], rows
 
 
 def matrix_table(matrix: list[list[float]], joint: bool = False) -> tuple[list[str], list[list[Any]]]:
@@ -364,6 +494,24 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _encode(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A logged row as JSON: numbers as they are, a ``wandb.Table`` as ``{"__table__": [columns, data]}``."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if hasattr(v, "columns") and hasattr(v, "data"):
+            out[k] = {"__table__": [list(v.columns), v.data]}
+        else:
+            out[k] = float(v) if not isinstance(v, (int, float, str)) else v
+    return out
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`_encode`."""
+    import wandb
+
+    return {k: wandb.Table(*v["__table__"]) if isinstance(v, dict) else v for k, v in row.items()}
+
+
 def _csv_rows(path: Path, until_step: int) -> list[dict[str, float]]:
     """Rows of a CSVLogger file up to ``until_step`` (later ones belong to an interrupted task)."""
     if not path.is_file():
@@ -373,7 +521,8 @@ def _csv_rows(path: Path, until_step: int) -> list[dict[str, float]]:
     return [r for r in rows if r["step"] <= until_step]
 
 
-def _png_array(png: bytes) -> Any:
+def png_array(png: bytes) -> Any:
+    """A PNG as an RGB ``uint8`` array [H, W, 3] (TensorBoard's ``add_image(dataformats="HWC")``)."""
     import numpy as np
     from PIL import Image
 

@@ -151,12 +151,46 @@ def blind_spots(metrics: dict[str, dict[str, dict[str, Any]]], k: float = DEFAUL
     return out
 
 
+class BaselineError(ValueError):
+    """A baseline file that cannot be used; the message names the file and what is wrong."""
+
+
 def load_baseline(path: Path) -> dict[str, Any]:
-    """A baseline JSON, refused unless its schema is :data:`BASELINE_SCHEMA`."""
-    data = json.loads(Path(path).read_text())
+    """A baseline JSON, checked whole (schema, every field :func:`compare` and the report read)
+    before anything trains; any defect is a :class:`BaselineError` naming the file."""
+    regenerate = "regenerate it with `cl-bench baseline`"
+
+    def bad(what: str) -> BaselineError:
+        return BaselineError(f"{path}: {what}; {regenerate}")
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise BaselineError(f"{path}: cannot be read ({err})") from err
+    except json.JSONDecodeError as err:
+        raise bad(f"not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise bad(f"holds a JSON {type(data).__name__}, not a baseline object")
     if data.get("schema") != BASELINE_SCHEMA:
-        raise ValueError(f"{path}: baseline schema {data.get('schema')} is not {BASELINE_SCHEMA}; "
-                         "regenerate it with `cl-bench baseline`")
+        raise bad(f"baseline schema {data.get('schema')} is not {BASELINE_SCHEMA}")
+    expected: dict[str, type | tuple[type, ...]] = {
+        "name": str, "overrides": list, "config_file": (str, type(None)), "run_hashes": dict, "metrics": dict}
+    for key, kind in expected.items():
+        if key not in data:
+            raise bad(f"has no {key!r}")
+        if not isinstance(data[key], kind):
+            raise bad(f"{key!r} is a {type(data[key]).__name__}")
+    if not all(isinstance(o, str) for o in data["overrides"]):
+        raise bad("'overrides' must be a list of key=value strings")
+    for key, per in data["metrics"].items():
+        if not isinstance(per, dict) or not per:
+            raise bad(f"metrics[{key!r}] is not a mapping of metrics")
+        for metric, st in per.items():
+            if not (metric.startswith("check_") or metric in DEFAULT_FLOORS):
+                raise bad(f"metrics[{key!r}] has unknown metric {metric!r}")
+            if not isinstance(st, dict) or not all(
+                    isinstance(st.get(f), (int, float)) and not isinstance(st.get(f), bool) for f in ("mean", "std")):
+                raise bad(f"metrics[{key!r}][{metric!r}] needs numeric 'mean' and 'std'")
     return data
 
 

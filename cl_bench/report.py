@@ -41,6 +41,16 @@ def _mean_std(mats: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
     return a.mean(0), a.std(0, ddof=1) if len(a) > 1 else np.zeros_like(a[0])
 
 
+def matrix_stats(runs: list[RunResult], setting: str) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Per strategy label of ``setting``: (mean, std with ddof=1, n) over seeds of the accuracy matrices
+    R[t][j] of the finished sequential runs (a joint run's single row is left out)."""
+    groups: dict[str, list[list[list[float]]]] = {}
+    for r in runs:
+        if r.status == "ok" and r.setting == setting and not r.joint:
+            groups.setdefault(r.label, []).append(r.acc)
+    return {lb: (*_mean_std(accs), len(accs)) for lb, accs in groups.items()}
+
+
 # ---------------------------------------------------------------- markdown
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: bool = False) -> str:
     """A Markdown table; ``numeric``: every column but the first right-aligned."""
@@ -155,8 +165,7 @@ def _setting_section(
                 undefined[(k, why)].append(r.label)
     md += [f"- {'every metric but acc' if k == '*' else f'`{k}`'} undefined for {', '.join(lbs)}: {why}"
            for (k, why), lbs in undefined.items()] + ([""] if undefined else [])
-    groups = {lb: [r.acc for r in ok if r.label == lb and not r.joint] for lb in labels}
-    stats = {lb: _mean_std(accs) for lb, accs in groups.items() if accs}
+    stats = {lb: (m, s) for lb, (m, s, _) in matrix_stats(runs, setting).items()}
     if stats:
         heat, curves = f"acc_matrix_{setting}.png", f"forgetting_{setting}.png"
         matrices_figure({lb: s[0] for lb, s in stats.items()},

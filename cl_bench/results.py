@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,9 @@ class RunResult:
 
     ``acc[t][j]`` / ``loss[t][j]``: test accuracy / loss on task j after
     training task t; ``train_loss[t][j]``: loss on a fixed probe of task j's
-    training set (for loss-based forgetting); ``*_init``: the untrained model.
+    training set (for loss-based forgetting); ``*_init``: the untrained model;
+    ``confusion[t][j][y][p]``: task j's test samples of class y scored as class p
+    after training task t (when ``logger.confusion`` is on).
     A joint run has a single row (its final model).
     """
 
@@ -41,6 +46,7 @@ class RunResult:
     acc_init: list[float] = field(default_factory=list)
     loss_init: list[float] = field(default_factory=list)
     train_loss_init: list[float] = field(default_factory=list)
+    confusion: list[list[list[list[int]]]] = field(default_factory=list)  # [t][j][label][predicted] (logger.confusion)
     task_sizes: dict[str, list[int]] = field(default_factory=dict)
     metrics: dict[str, float | None] = field(default_factory=dict)
     metrics_per_task: dict[str, list[float]] = field(default_factory=dict)
@@ -52,6 +58,7 @@ class RunResult:
     shared_training: list[str] = field(default_factory=list)  # runs trained by the same training (evaluation differs)
     versions: dict[str, str] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None  # the resolved folder the data was read from (its files' digests: config.data)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,23 +72,59 @@ class RunResult:
         return cls(**data)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class OutputWriteError(RuntimeError):
+    """A result, checkpoint or report could not be written; the message names the file and the fix."""
+
+
+def write_fault(err: OSError) -> str:
+    """What went wrong in a failed write, and what to do."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device: free space or choose another output.dir"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write there ({err.strerror}): make it writable or choose another output.dir"
+    return f"cannot write there ({err.strerror or err}): choose another output.dir"
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into an :class:`OutputWriteError` naming it."""
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as err:
+        raise OutputWriteError(f"{path}: {write_fault(err)}") from err
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_folder(path.parent)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
@@ -95,9 +138,15 @@ def save_result(result: RunResult, path: str | Path) -> None:
 
 
 def load_result(path: str | Path) -> RunResult:
-    """The result stored at ``path`` by :func:`save_result`."""
-    with open(path) as fh:
-        return RunResult.from_dict(json.load(fh))
+    """The result stored at ``path`` by :func:`save_result`; a damaged file is a ``ValueError`` naming it."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        if not isinstance(data, dict):
+            raise TypeError(f"holds a {type(data).__name__}, not a result record")
+        return RunResult.from_dict(data)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: not a readable run result ({err})") from err
 
 
 def library_versions() -> dict[str, str]:

@@ -7,16 +7,22 @@ tensors, so every row of the accuracy and loss matrices costs one pass.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import resource
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, cast
@@ -29,15 +35,23 @@ from torch import Tensor
 
 from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
-from cl_bench.data import Scenario, Task, TaskBatches, build_scenario, iterate_eval
+from cl_bench.data import DatasetError, Scenario, Task, TaskBatches, build_scenario, iterate_eval
 from cl_bench.data.batching import Augment
+from cl_bench.data.sources import resolve_root, source_fingerprint
 from cl_bench.geometry import ChecksConfig, GeometryTracker
 from cl_bench.loggers import LoggerConfig, RunLogger, logger_config
 from cl_bench.metrics import compute_metrics
 from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig, Phase
 from cl_bench.registry import get_strategy
-from cl_bench.results import RunResult, device_info, library_versions, load_result, save_result
+from cl_bench.results import (
+    RunResult,
+    device_info,
+    library_versions,
+    load_result,
+    save_result,
+    write_fault,
+)
 from cl_bench.seeds import derive_seed
 
 #: called after each task with (spec, task index, module); tests use it to interrupt a run
@@ -58,8 +72,8 @@ def resolve_device(cfg: TrainerConfig) -> str:
     """The device the Trainer of ``cfg`` trains on (its root device: ``cuda:<i>`` for ``devices=[i]``,
     or ``cpu``); the module, its batches, the evaluator and the checks all live there."""
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={cfg.accelerator}: no CUDA GPU is visible on this machine "
-                          "(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto")
+        raise ConfigError(f"trainer.accelerator={cfg.accelerator} but no CUDA device is visible; "
+                          "use trainer.accelerator=cpu (or auto)")
     quiet_lightning()
     try:
         trainer = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
@@ -71,8 +85,9 @@ def resolve_device(cfg: TrainerConfig) -> str:
 
 # ------------------------------------------------------------------ scenarios
 def scenario_key(spec: RunSpec) -> str:
-    """A key equal for runs that build the same scenario from the same data."""
-    return repr(sorted(spec.scenario.items())) + repr(sorted(spec.data.items()))
+    """A key equal for runs that build the same scenario from the same data (settings, not digests)."""
+    data = {k: v for k, v in spec.data.items() if k != "files"}
+    return repr(sorted(spec.scenario.items())) + repr(sorted(data.items()))
 
 
 def load_scenario(spec: RunSpec) -> Scenario:
@@ -90,18 +105,23 @@ def augment_of(spec: RunSpec) -> Augment | None:
 # ----------------------------------------------------------------- evaluation
 @dataclass
 class Evaluation:
-    """Per-task test accuracy, test loss and training-probe loss after one task."""
+    """Per-task test accuracy, test loss and training-probe loss after one task; with the confusion
+    matrices on, ``confusion[j][y][p]`` = test samples of task j with label y scored as class p."""
 
     acc: list[float]
     loss: list[float]
     train_loss: list[float]
+    confusion: list[list[list[int]]] = field(default_factory=list)
 
 
 class Evaluator:
-    """Accuracy and loss of a module on every task's test set and training probe."""
+    """Accuracy and loss of a module on every task's test set and training probe (``confusion``: also
+    each task's test confusion matrix over the scenario's ``n_outputs`` classes)."""
 
-    def __init__(self, scenario: Scenario, device: str, batch_size: int, train_probe: int, seed: int = 0) -> None:
+    def __init__(self, scenario: Scenario, device: str, batch_size: int, train_probe: int, seed: int = 0,
+                 confusion: bool = False) -> None:
         self.scenario, self.device, self.batch_size = scenario, device, batch_size
+        self.n_classes = scenario.n_outputs if confusion else 0
         gen = torch.Generator().manual_seed(seed)
         probes = [torch.randperm(t.n_train, generator=gen)[:train_probe] for t in scenario.tasks]
         # device-resident copies, made once: (task, test x, test y, train-probe x, train-probe y)
@@ -110,34 +130,45 @@ class Evaluator:
             for t, p in zip(scenario.tasks, probes)
         ]
 
-    def _pass(self, module: ContinualModule, task: Task, x: Tensor, y: Tensor, train: bool) -> tuple[float, float]:
-        """Accuracy and mean cross-entropy of the scores (test) or of the network's logits as the setting
-        evaluates them (training probe: masked to the task's classes in task-IL)."""
+    def _pass(self, module: ContinualModule, task: Task, x: Tensor, y: Tensor,
+              train: bool) -> tuple[float, float, list[list[int]]]:
+        """Accuracy, mean cross-entropy and confusion matrix (test only, when on) of the scores (test) or of
+        the network's logits as the setting evaluates them (training probe: masked to the task's classes in
+        task-IL). Confusion counts accumulate on the device, read once: sum over the batch of
+        onehot(y)^T onehot(argmax) (a matmul in float64, exact for counts < 2^53 and deterministic on CUDA,
+        where bincount has no deterministic kernel)."""
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        C = 0 if train else self.n_classes
+        counts = torch.zeros(C, C, device=self.device, dtype=torch.float64)
         n = 0
         s = self.scenario
         for xb, yb in iterate_eval(x, y, self.batch_size, device=self.device, mean=s.mean, std=s.std):
             tb = torch.full_like(yb, task.id)
             logits = module.setting_logits(xb, tb) if train else module.eval_logits(xb, tb)
             loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-            correct += (logits.argmax(1) == yb).sum()
+            pred = logits.argmax(1)
+            correct += (pred == yb).sum()
+            if C:
+                counts += F.one_hot(yb, C).double().T @ F.one_hot(pred, C).double()
             n += yb.numel()
-        return int(correct) / max(n, 1), float(loss_sum) / max(n, 1)
+        return int(correct) / max(n, 1), float(loss_sum) / max(n, 1), counts.long().tolist()
 
     @torch.no_grad()
     def __call__(self, module: ContinualModule) -> Evaluation:
         was_training = module.training
         module.eval()
-        acc, loss, train_loss = [], [], []
+        out = Evaluation([], [], [])
         for task, x_test, y_test, x_probe, y_probe in self.data:
-            a, l = self._pass(module, task, x_test, y_test, train=False)
-            acc.append(a)
-            loss.append(l)
+            a, l, confusion = self._pass(module, task, x_test, y_test, train=False)
+            out.acc.append(a)
+            out.loss.append(l)
+            if self.n_classes:
+                out.confusion.append(confusion)
             if len(y_probe):  # trainer.train_loss_probe=0 turns the training-loss matrix off
-                train_loss.append(self._pass(module, task, x_probe, y_probe, train=True)[1])
+                out.train_loss.append(self._pass(module, task, x_probe, y_probe, train=True)[1])
         module.train(was_training)
-        return Evaluation(acc, loss, train_loss)
+        return out
 
 
 # ------------------------------------------------------------------- training
@@ -226,7 +257,9 @@ def open_run(spec: RunSpec, scenario: Scenario, module: ContinualModule, device:
     """The evaluator and the tracker of a run; its partial result from the checkpoint of an interrupted
     run, else the untrained row (the module itself is restored by the caller)."""
     trainer_cfg = TrainerConfig(**spec.trainer)
-    evaluator = Evaluator(scenario, device, trainer_cfg.eval_batch_size, trainer_cfg.train_loss_probe)
+    log_cfg = run_logger.cfg if run_logger is not None else LoggerConfig()
+    evaluator = Evaluator(scenario, device, trainer_cfg.eval_batch_size, trainer_cfg.train_loss_probe,
+                          confusion=log_cfg.records_confusion(scenario.n_outputs))
     schedule = module.training_tasks(scenario)
     joint = len(schedule) != scenario.n_tasks
     checks = to_dataclass(ChecksConfig, spec.checks, "checks")
@@ -328,9 +361,13 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     result.acc.append(row.acc)
     result.loss.append(row.loss)
     result.train_loss.append(row.train_loss)
+    if row.confusion:
+        result.confusion.append(row.confusion)
     result.strategy_memory_bytes.append(module.state_bytes())
     if run.run_logger is not None:
-        run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps)
+        run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps, confusion=row.confusion or None)
+        if len(result.acc) == len(run.schedule):
+            run.run_logger.log_model(module)
 
 
 def save_progress(run: RunState) -> None:
@@ -438,13 +475,20 @@ def result_path(output_dir: Path, spec: RunSpec) -> Path:
     return output_dir / "runs" / spec.setting / spec.label / f"seed{spec.seed}.json"
 
 
+def superseded_path(output_dir: Path, spec: RunSpec, config_hash: str) -> Path:
+    """``<output_dir>/superseded/<setting>/<label>/seed<k>-<hash>.json``: a result another configuration replaced."""
+    return output_dir / "superseded" / spec.setting / spec.label / f"seed{spec.seed}-{config_hash}.json"
+
+
 def result_spec(plan: Plan, result: RunResult) -> RunSpec:
     """The run of the plan that produced ``result``."""
     return next(s for s in plan.runs if s.run_id == result.run_id)
 
 
 def finished(path: Path, spec: RunSpec) -> RunResult | None:
-    """The stored result of ``spec`` if it finished with the same configuration."""
+    """The stored result of ``spec`` if it finished with the same configuration and data
+    (the digests of its data files are put into ``spec`` first: :func:`identify_run`)."""
+    identify_run(spec)
     if not path.exists():
         return None
     try:
@@ -452,6 +496,61 @@ def finished(path: Path, spec: RunSpec) -> RunResult | None:
     except (ValueError, OSError, TypeError):
         return None
     return stored if stored.config_hash == spec.config_hash() and stored.status == "ok" else None
+
+
+def folder_results(output_dir: Path) -> list[RunResult]:
+    """Every readable run result under ``<output_dir>/runs`` (the runs of every experiment run into the folder)."""
+    out = []
+    for path in sorted((output_dir / "runs").glob("*/*/seed*.json")):
+        try:
+            out.append(load_result(path))
+        except (ValueError, OSError):
+            continue
+    return out
+
+
+def set_aside(output_dir: Path, spec: RunSpec) -> None:
+    """Move the stored result of ``spec``'s path out of the way when another configuration (or no
+    readable one) made it, so that re-training never overwrites it; say so on stderr."""
+    path = result_path(output_dir, spec)
+    if not path.exists():
+        return
+    try:
+        old_hash = load_result(path).config_hash
+    except (ValueError, OSError):
+        old_hash = "unreadable"
+    if old_hash == spec.config_hash():
+        return
+    aside = superseded_path(output_dir, spec, old_hash)
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, aside)
+    print(f"note: {path} held a result of another configuration ({old_hash}, now {spec.config_hash()}); "
+          f"moved to {aside}", file=sys.stderr)
+
+
+def restore_superseded(output_dir: Path, spec: RunSpec) -> RunResult | None:
+    """The result of ``spec``'s configuration that :func:`set_aside` once moved away, put back in place."""
+    aside = superseded_path(output_dir, spec, spec.config_hash())
+    done = finished(aside, spec)
+    if done is not None:
+        set_aside(output_dir, spec)
+        os.replace(aside, result_path(output_dir, spec))
+        print(f"note: {result_path(output_dir, spec)}: the result of this configuration restored from {aside}",
+              file=sys.stderr)
+    return done
+
+
+def identify_run(spec: RunSpec) -> None:
+    """Put the digests of the data files the run reads into its spec (``data.files``), so that its
+    configuration hash changes with the data and a result of other data is never reused."""
+    files = source_fingerprint(str(spec.scenario["source"]), spec.data.get("root"))
+    spec.data = {**{k: v for k, v in spec.data.items() if k != "files"}, **({"files": files} if files else {})}
+
+
+def identify_data(plan: Plan) -> None:
+    """:func:`identify_run` of every run of the plan."""
+    for spec in plan.runs:
+        identify_run(spec)
 
 
 #: trainer keys read only by the evaluation
@@ -483,23 +582,20 @@ def prepare(plan: Plan) -> Prepared:
     """Load every scenario and build every module once: all errors before training."""
     scenarios: dict[str, Scenario] = {}
     training: dict[str, str] = {}
-    devices: set[str] = set()
     for spec in plan.runs:
-        cfg = TrainerConfig(**spec.trainer)
-        where = json.dumps([cfg.accelerator, cfg.devices, cfg.strategy, cfg.num_nodes])
-        if where not in devices:  # a missing GPU or a bad device index: one error before any training
-            resolve_device(cfg)
-            devices.add(where)
         key = scenario_key(spec)
         if key not in scenarios:
             try:
                 scenarios[key] = load_scenario(spec)
+            except DatasetError:
+                raise
             except (ValueError, KeyError) as err:
                 raise ConfigError(f"scenario: {err}") from err
         try:
             training[spec.run_id] = training_key(spec, build_module(spec, scenarios[key]))
         except (ValueError, KeyError) as err:
             raise ConfigError(f"{spec.run_id}: {err}") from err
+    identify_data(plan)
     return Prepared(scenarios, training)
 
 
@@ -516,6 +612,61 @@ def checkpoint_path(output_dir: Path, spec: RunSpec) -> Path:
     return output_dir / "checkpoints" / spec.setting / spec.label / f"seed{spec.seed}.pt"
 
 
+def needed_bytes(plan: Plan, scenarios: dict[str, Scenario]) -> int:
+    """An estimate of the free space a run needs in the output folder: a checkpoint written beside
+    the previous one, 2 x (module state x (1 + k x n_tasks) with the geometry snapshots), + 1 MiB."""
+    need = 0
+    for spec in {s.label: s for s in plan.runs}.values():
+        module = build_module(spec, scenarios[scenario_key(spec)])
+        state = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        checks = to_dataclass(ChecksConfig, spec.checks, "checks")
+        snapshots = 1 + checks.k * len(scenarios[scenario_key(spec)].tasks) if checks.enabled else 1
+        need = max(need, 2 * state * snapshots)
+    return need + (1 << 20)
+
+
+def preflight(plan: Plan, scenarios: dict[str, Scenario]) -> None:
+    """What would otherwise fail after training started: the devices of every run, and an output
+    folder that can be created, written and has room (a :class:`ConfigError` naming the fix)."""
+    for spec in plan.runs:
+        accelerator = str(spec.trainer.get("accelerator", "cpu"))
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"{spec.run_id}: trainer.accelerator={accelerator} but no CUDA device is visible; "
+                              "use trainer.accelerator=cpu (or auto)")
+        devices = spec.trainer.get("devices", 1)
+        if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
+            raise ConfigError(f"{spec.run_id}: trainer.devices={devices} but {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible")
+    resolved: set[str] = set()
+    for spec in plan.runs:  # every distinct device setting as the Trainer resolves it (a bad index, ...)
+        cfg = TrainerConfig(**spec.trainer)
+        where = json.dumps([cfg.accelerator, cfg.devices, cfg.strategy, cfg.num_nodes])
+        if where not in resolved:
+            resolve_device(cfg)
+            resolved.add(where)
+    out = plan.output_dir
+    try:  # a 4 KiB probe file, written, fsynced and removed
+        out.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=out, prefix=".cl_bench_write_probe")
+        try:
+            os.write(fd, b"0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as err:
+        raise ConfigError(f"output.dir={out}: {write_fault(err)}") from err
+    free, need = shutil.disk_usage(out).free, needed_bytes(plan, scenarios)
+    if free < need:
+        raise ConfigError(f"output.dir={out}: {free / 2**20:.1f} MiB free, a run needs about {need / 2**20:.1f} MiB; "
+                          "free space or choose another output.dir")
+
+
+def check_checkpoint(output_dir: Path, spec: RunSpec) -> None:
+    """Read the checkpoint of ``spec`` once: an unreadable one is moved aside (with a warning naming it)."""
+    load_checkpoint(checkpoint_path(output_dir, spec), spec.config_hash())
+
+
 def run_and_save(
     specs: list[RunSpec],
     scenarios: list[Scenario],
@@ -524,12 +675,13 @@ def run_and_save(
     experiment: str = "",
     on_task_end: TaskCallback | None = None,
 ) -> list[RunResult]:
-    """The runs of one training (:func:`run_group`) with per-task checkpoints and their loggers; each
-    result file replaces its checkpoint when done."""
+    """The runs of one training (:func:`run_group`) with per-task checkpoints and their loggers (a
+    RunLogger without loggers still carries the logger config: logger.confusion); each result file
+    replaces its checkpoint when done."""
     ckpts: list[Path | None] = [checkpoint_path(output_dir, spec) for spec in specs]
     with ExitStack() as stack:
         run_loggers: list[RunLogger | None] = [None] * len(specs)
-        if log_cfg is not None and log_cfg.use:
+        if log_cfg is not None:
             for i, (spec, ckpt) in enumerate(zip(specs, ckpts)):
                 saved = load_checkpoint(cast(Path, ckpt), spec.config_hash())
                 run_loggers[i] = stack.enter_context(
@@ -539,15 +691,39 @@ def run_and_save(
             if run_logger is not None:
                 run_logger.log_result(result)
     for spec, result, ckpt in zip(specs, results, ckpts):
+        if spec.data.get("files"):
+            result.data_root = str(resolve_root(spec.data.get("root")))
         save_result(result, result_path(output_dir, spec))
         cast(Path, ckpt).unlink(missing_ok=True)
     return results
 
 
 _WORKER_SCENARIOS: dict[str, Scenario] = {}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCHDOG_PERIOD_S = 0.5
 
 
-def _init_worker(threads: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this worker when process ``parent`` ends: the kernel's parent-death signal (Linux), and a
+    thread that polls the parent id (every platform; it changes when the parent is gone)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_PERIOD_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """A pool worker: dies with ``parent``, leaves Ctrl-C to it (the parent ends the pool), uses ``threads``."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
 
 
@@ -559,6 +735,36 @@ def _worker_run(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, e
     return run_and_save(specs, [_WORKER_SCENARIOS[scenario_key(s)] for s in specs], output_dir, log_cfg, experiment)
 
 
+class RunInterrupted(BaseException):
+    """Ctrl-C during :func:`execute`; the message says where the runs stopped and how to resume.
+
+    Not a ``KeyboardInterrupt``: Lightning turns that into ``sys.exit(1)`` inside ``fit``."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not interrupt the cleanup
+    raise RunInterrupted
+
+
+def tasks_done(output_dir: Path, spec: RunSpec) -> int:
+    """The tasks of ``spec`` saved in its checkpoint (0 without one)."""
+    path = checkpoint_path(output_dir, spec)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    except Exception:  # a checkpoint cut by the interrupt counts as none
+        saved = None
+    return len(saved["result"]["acc"]) if isinstance(saved, dict) and "result" in saved else 0
+
+
+def interrupted_message(output_dir: Path, specs: list[RunSpec]) -> str:
+    """``interrupted after task t of run R; re-run the same command to resume`` (every unfinished run)."""
+    parts = []
+    for spec in specs:
+        done = tasks_done(output_dir, spec)
+        parts.append(f"task {done - 1} of run {spec.run_id}" if done else f"no task of run {spec.run_id}")
+    return f"interrupted after {' and '.join(parts) or 'no task'}; re-run the same command to resume"
+
+
 def execute(
     plan: Plan, resume: bool = True, on_task_end: TaskCallback | None = None, workers: int = 1
 ) -> Iterator[RunResult]:
@@ -566,34 +772,71 @@ def execute(
 
     With ``resume`` (the default) finished runs with the same configuration are
     loaded instead of re-trained and interrupted runs continue from their last
-    checkpoint; otherwise both are discarded. Runs of one :func:`training_key`
-    are trained once (without loggers: a logger follows one run's training).
-    ``workers > 1`` runs trainings in a process pool (``on_task_end`` is then not called).
+    checkpoint; otherwise both are discarded. A stored result of another
+    configuration is moved aside (:func:`set_aside`), never overwritten. Runs of
+    one :func:`training_key` are trained once (without loggers: a logger follows
+    one run's training). ``workers > 1`` runs trainings in a process pool
+    (``on_task_end`` is then not called) whose workers die with this process.
+    Ctrl-C (in the main thread) ends every run and raises :class:`RunInterrupted`.
     """
     prepared = prepare(plan)
+    scenarios = prepared.scenarios
+    preflight(plan, scenarios)
     log_cfg = logger_config(plan.config.get("logger"))
     todo = []
     for spec in plan.runs:
-        done = finished(result_path(plan.output_dir, spec), spec) if resume else None
+        done = (finished(result_path(plan.output_dir, spec), spec)
+                or restore_superseded(plan.output_dir, spec)) if resume else None
         if done is not None:
             yield done
             continue
-        if not resume:
+        set_aside(plan.output_dir, spec)
+        if resume:
+            check_checkpoint(plan.output_dir, spec)
+        else:
             checkpoint_path(plan.output_dir, spec).unlink(missing_ok=True)
         todo.append(spec)
     keys = {s.run_id: s.run_id for s in todo} if log_cfg.use else prepared.training
     groups = training_groups(todo, keys)
-    if workers <= 1 or len(groups) <= 1:
-        for group in groups:
-            scenarios = [prepared.scenarios[scenario_key(s)] for s in group]
-            yield from run_and_save(group, scenarios, plan.output_dir, log_cfg, plan.name, on_task_end)
-        return
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupt) if main else None
+    try:
+        if workers <= 1 or len(groups) <= 1:
+            for group in groups:
+                try:
+                    yield from run_and_save(group, [scenarios[scenario_key(s)] for s in group], plan.output_dir,
+                                            log_cfg, plan.name, on_task_end)
+                except RunInterrupted:
+                    raise RunInterrupted(interrupted_message(plan.output_dir, group)) from None
+            return
+        yield from _execute_pool(plan, groups, log_cfg, workers)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig,
+                  workers: int) -> Iterator[RunResult]:
+    """The trainings of ``groups`` in a pool of ``workers`` processes, results as they finish."""
     threads = max(1, torch.get_num_threads() // workers)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures = [pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name) for group in groups]
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads, os.getpid()))
+    futures: dict[Future, list[RunSpec]] = {}
+    try:
+        futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name): group for group in groups}
         for future in as_completed(futures):
             yield from future.result()
+    except (RunInterrupted, GeneratorExit) as stop:
+        for process in list((pool._processes or {}).values()):  # the pool's own workers (no public accessor)
+            process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(stop, GeneratorExit):
+            raise
+        unfinished = [spec for f, group in futures.items() if not f.done() or f.cancelled() or f.exception()
+                      for spec in group]
+        raise RunInterrupted(interrupted_message(plan.output_dir, unfinished)) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def add_intransigence(results: list[RunResult]) -> None:

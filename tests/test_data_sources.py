@@ -271,3 +271,49 @@ def test_real_mnist() -> None:
     assert torch.equal(torch.unique(src.y_train), torch.arange(10))
     assert torch.bincount(src.y_train).tolist()[:2] == [5923, 6742]  # published MNIST class counts
     assert src.mean[0] == pytest.approx(0.1307, abs=1e-4) and src.std[0] == pytest.approx(0.3081, abs=1e-4)
+
+
+def damage(raw: Path, fault: str) -> tuple[str, str]:
+    """Damage one file of a valid MNIST folder the way ``fault`` says; (the file, what the error says)."""
+    images, labels = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
+    if fault == "magic":
+        images.write_bytes(b"\x50\x4b\x03\x04" + images.read_bytes()[4:])  # e.g. a zip archive renamed
+        return images.name, "bad magic number 0x504b0304"
+    if fault == "float32":
+        x = np.random.default_rng(0).random((30, 28, 28), dtype=np.float32)
+        images.write_bytes(bytes([0, 0, 0x0D, 3]) + struct.pack(">3i", 30, 28, 28) + x.astype(">f4").tobytes())
+        return images.name, "payload type float32"
+    if fault == "truncated":
+        images.write_bytes(images.read_bytes()[:5000])
+        return images.name, "truncated"
+    if fault == "more_labels":
+        write_idx(labels, np.zeros(40, dtype=np.uint8))
+        return labels.name, "40 labels for 30 images"
+    if fault == "fewer_labels":
+        write_idx(labels, np.zeros(25, dtype=np.uint8))
+        return labels.name, "25 labels for 30 images"
+    assert fault == "label_range"
+    write_idx(labels, np.array([0, 12] * 15, dtype=np.uint8))
+    return labels.name, "15 labels outside 0..9 (e.g. [12])"
+
+
+@pytest.mark.parametrize("fault", ["magic", "float32", "truncated", "more_labels", "fewer_labels", "label_range"])
+def test_damaged_idx_files_are_named_with_the_fault(data_root: Path, fault: str) -> None:
+    write_mnist(data_root, "MNIST")
+    file, says = damage(data_root / "MNIST" / "raw", fault)
+    with pytest.raises(ValueError) as info:
+        load_source("mnist")
+    msg = str(info.value)
+    assert str(data_root.resolve() / "MNIST" / "raw" / file) in msg and says in msg
+    assert "not found" not in msg and "Replace the mnist files" in msg
+
+
+def test_a_damaged_cifar_batch_is_named(data_root: Path) -> None:
+    write_cifar10(data_root)
+    batch = data_root / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:100])
+    with pytest.raises(ValueError) as info:
+        load_source("cifar10", verify=False)
+    msg = str(info.value)
+    assert "is damaged" in msg and str((data_root / "cifar-10-batches-py").resolve()) in msg
+    assert "not found" not in msg

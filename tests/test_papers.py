@@ -16,7 +16,7 @@ OVERRIDES = ["scenario=split_digits", "scenario.n_tasks=3", "trainer.epochs=1", 
 
 
 def pair(distance: float, acc_forgetting: float) -> Pair:
-    return Pair("naive", 0.1, 0, 0, 1, distance, 0.0, 0.0, 0.0, math.inf, acc_forgetting, False, None, None)
+    return Pair("naive", 0.1, 0, 0, 1, distance, 0.0, 0.0, 0.0, math.inf, acc_forgetting, False, None, None, 1.0, 1.0)
 
 
 def test_slope_per_decade_of_update_size_is_the_least_squares_slope():

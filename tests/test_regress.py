@@ -114,3 +114,29 @@ def test_gate_passes_unperturbed_code_and_catches_planted_regressions(
     assert not any(key == "class_il/naive" for key, _ in bad)  # the untouched strategy stays inside its band
     assert "class_il/er" in out and "class_il/ewc" in out and "loss_forgetting" in out
     assert "configuration differs from the baseline for 3 runs" in out  # the lam override changed ewc's hash
+
+
+GOOD = {"schema": 1, "name": "tiny", "overrides": ["strategy=naive", "scenario.n_tasks=2", "trainer.epochs=1",
+                                                   "settings=[class_il]", "checks.enabled=false"],
+        "config_file": None, "run_hashes": {}, "metrics": {"class_il/naive": {"acc": {"mean": 0.5, "std": 0.0}}}}
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[1, 2]", "holds a JSON list, not a baseline object"),
+    ({k: v for k, v in GOOD.items() if k != "overrides"}, "has no 'overrides'"),
+    ({k: v for k, v in GOOD.items() if k != "metrics"}, "has no 'metrics'"),
+    ({**GOOD, "metrics": {"class_il/naive": {"acc": {"mean": "high"}}}}, "needs numeric 'mean' and 'std'"),
+    ({**GOOD, "metrics": {"class_il/naive": {"acurracy": {"mean": 0.5, "std": 0}}}}, "unknown metric 'acurracy'"),
+    ('{"schema": 1, "name": ', "not valid JSON"),
+])
+def test_an_unusable_baseline_is_rc_2_before_anything_trains(tmp_path: Path, capsys, content, message) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(content if isinstance(content, str) else json.dumps(content))
+    good = tmp_path / "good.json"  # a valid baseline first: the bad one is found before it trains
+    good.write_text(json.dumps(GOOD))
+    runs = tmp_path / "runs"
+    code = main(["regress", "--baseline", str(good), "--baseline", str(base), "--runs-dir", str(runs),
+                 "--workers", "1"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 2 and f"error: {base}: " in out and message in out and "regenerate it with" in out
+    assert not runs.exists()

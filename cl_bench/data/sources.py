@@ -10,11 +10,14 @@ treat their tensors as read-only.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,8 +27,16 @@ TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINYIMAGENET_CACHE = "cl_bench_tensors.pt"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetError(Exception):
+    """A dataset cannot be used; the message names the file or folder and what to do."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The dataset's files are not where they were expected (and were not downloaded)."""
+
+
+class DatasetFileError(DatasetError, ValueError):
+    """A dataset file exists but does not hold what its format promises (damaged, truncated, wrong type)."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +138,51 @@ def _load_digits(root: Path, download: bool, verify: bool) -> Source:
     return _source("digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], names)
 
 
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_UINT8 = 0x08
+IDX_TYPES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
+
+
+def read_idx(path: Path, ndim: int, fix: str) -> np.ndarray:
+    """An uncompressed IDX file of ``uint8``: bytes ``00 00 08 <ndim>``, ``ndim`` big-endian int32
+    sizes, then prod(sizes) bytes. Anything else is a :class:`DatasetFileError` naming the file."""
+    data = path.read_bytes()
+
+    def bad(what: str) -> DatasetFileError:
+        return DatasetFileError(f"{path}: {what}. {fix}")
+
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise bad(f"bad magic number 0x{data[:4].hex()} (an IDX file starts with 00 00 <type> <ndim>)")
+    if data[2] != IDX_UINT8:
+        raise bad(f"payload type {IDX_TYPES.get(data[2], hex(data[2]))}; MNIST-format files hold uint8")
+    if data[3] != ndim:
+        raise bad(f"holds a {data[3]}-d array, expected {ndim}-d")
+    head = 4 + 4 * ndim
+    if len(data) < head:
+        raise bad(f"truncated: {len(data)} bytes, the header alone needs {head}")
+    shape = tuple(int(v) for v in np.frombuffer(data, ">i4", ndim, 4))
+    expected = head + int(np.prod(shape))
+    if len(data) != expected:
+        raise bad(f"{len(data)} bytes, but the header announces {shape} = {expected} bytes "
+                  f"({'truncated' if len(data) < expected else 'trailing bytes'})")
+    return np.frombuffer(data, np.uint8, offset=head).reshape(shape)
+
+
+def check_labels(labels: np.ndarray, n_images: int, n_classes: int, path: Path, fix: str) -> None:
+    """As many labels as images, each in ``0 .. n_classes-1``."""
+    if len(labels) != n_images:
+        raise DatasetFileError(f"{path}: {len(labels)} labels for {n_images} images; the label and image "
+                               f"files must come from the same split. {fix}")
+    outside = labels[(labels < 0) | (labels >= n_classes)]
+    if len(outside):
+        raise DatasetFileError(f"{path}: {len(outside)} labels outside 0..{n_classes - 1} "
+                               f"(e.g. {sorted(set(outside.tolist()))[:5]}). {fix}")
+
+
 def _mnist_like(class_name: str, name: str) -> Callable[[Path, bool, bool], Source]:
-    """The torchvision MNIST-format reader; files in ``<root>/<ClassName>/raw`` (IDX, uncompressed)."""
+    """MNIST-format files in ``<root>/<ClassName>/raw`` (IDX, uncompressed), read and checked here;
+    torchvision only downloads them."""
 
     def load(root: Path, download: bool, verify: bool) -> Source:
         import torchvision.datasets as tvd
@@ -136,16 +190,26 @@ def _mnist_like(class_name: str, name: str) -> Callable[[Path, bool, bool], Sour
         cls = getattr(tvd, class_name)
         sub = f"{class_name}/raw"
         folder = root / sub
-        expected = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+        expected = [f for pair in MNIST_FILES.values() for f in pair]
         missing = _missing(folder, expected)
         if missing and not download:
             raise _not_found(name, root, sub, missing)
-        try:
-            train, test = cls(str(root), train=True, download=download), cls(str(root), train=False)
-        except (RuntimeError, OSError) as err:
-            raise _not_found(name, root, sub, _missing(folder, expected), f" (download failed: {err})") from err
-        return _source(name, train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets,
-                       list(train.classes))
+        if missing:
+            try:
+                cls(str(root), train=True, download=True)
+            except (RuntimeError, OSError) as err:
+                raise _not_found(name, root, sub, _missing(folder, expected), f" (download failed: {err})") from err
+        fix = f"Replace the {name} files in {folder} with intact copies (or delete them and set data.download=true)."
+        n_classes = len(cls.classes)
+        split: dict[str, tuple[Tensor, Tensor]] = {}
+        for part, (images_file, labels_file) in MNIST_FILES.items():
+            images = read_idx(folder / images_file, 3, fix)
+            if images.shape[1:] != (28, 28):
+                raise DatasetFileError(f"{folder / images_file}: images of {images.shape[1:]}, expected 28x28. {fix}")
+            labels = read_idx(folder / labels_file, 1, fix)
+            check_labels(labels, len(images), n_classes, folder / labels_file, fix)
+            split[part] = torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+        return _source(name, *split["train"], *split["test"], list(cls.classes))
 
     return load
 
@@ -179,8 +243,12 @@ def _cifar(class_name: str, name: str) -> Callable[[Path, bool, bool], Source]:
         if missing and not download:
             raise _not_found(name, root, sub, missing)
         reader = cls if verify else _without_md5(cls)
+        fix = f"Replace the {name} files in {folder} with intact copies (or delete them and set data.download=true)."
         try:
             train, test = reader(str(root), train=True, download=download), reader(str(root), train=False)
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+            raise DatasetFileError(f"dataset '{name}': a batch file in {folder} is damaged "
+                                   f"({type(err).__name__}: {err}). {fix}") from err
         except (RuntimeError, OSError) as err:
             if not _missing(folder, expected):
                 raise RuntimeError(
@@ -189,6 +257,12 @@ def _cifar(class_name: str, name: str) -> Callable[[Path, bool, bool], Source]:
                     f"verify=False if you made these files yourself."
                 ) from err
             raise _not_found(name, root, sub, _missing(folder, expected), f" (download failed: {err})") from err
+
+        for part, data in (("train", train), ("test", test)):
+            if data.data.dtype != np.uint8:
+                raise DatasetFileError(f"dataset '{name}': the {part} batches in {folder} hold {data.data.dtype} "
+                                       f"pixels, expected uint8. {fix}")
+            check_labels(np.asarray(data.targets), len(data.data), len(train.classes), folder, fix)
 
         def to_nchw(data) -> Tensor:
             return torch.from_numpy(data).permute(0, 3, 1, 2)
@@ -266,29 +340,54 @@ def _load_tinyimagenet(root: Path, download: bool, verify: bool) -> Source:
     return _source("tinyimagenet", d["x_train"], d["y_train"], d["x_test"], d["y_test"], d["class_names"])
 
 
+def _mnist_files(class_name: str) -> Callable[[Path], list[Path]]:
+    return lambda root: [root / class_name / "raw" / f for pair in MNIST_FILES.values() for f in pair]
+
+
+def _cifar_files(class_name: str) -> Callable[[Path], list[Path]]:
+    def files(root: Path) -> list[Path]:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, class_name)
+        names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        return [root / cls.base_folder / f for f in names]
+
+    return files
+
+
+def _tinyimagenet_files(root: Path) -> list[Path]:
+    folder = root / "tiny-imagenet-200"
+    return [folder / "wnids.txt", folder / "val" / "val_annotations.txt", folder / TINYIMAGENET_CACHE]
+
+
 @dataclass(frozen=True)
 class _Spec:
     description: str
     n_classes: int
     load: Callable[[Path, bool, bool], Source]
+    files: Callable[[Path], list[Path]] = lambda root: []  # the files a load reads (their content = the data)
     uses_root: bool = True
 
 
 _SPECS: dict[str, _Spec] = {
     "digits": _Spec("scikit-learn 8x8 handwritten digits, 10 classes, 1437/360 (embedded, no download)",
                     10, _load_digits, uses_root=False),
-    "mnist": _Spec("MNIST handwritten digits, 28x28 grey, 10 classes, 60000/10000", 10, _mnist_like("MNIST", "mnist")),
+    "mnist": _Spec("MNIST handwritten digits, 28x28 grey, 10 classes, 60000/10000", 10, _mnist_like("MNIST", "mnist"),
+                   _mnist_files("MNIST")),
     "fashion_mnist": _Spec("Fashion-MNIST clothing, 28x28 grey, 10 classes, 60000/10000", 10,
-                           _mnist_like("FashionMNIST", "fashion_mnist")),
+                           _mnist_like("FashionMNIST", "fashion_mnist"), _mnist_files("FashionMNIST")),
     "kmnist": _Spec("Kuzushiji-MNIST cursive Japanese, 28x28 grey, 10 classes, 60000/10000", 10,
-                    _mnist_like("KMNIST", "kmnist")),
-    "cifar10": _Spec("CIFAR-10 objects, 32x32 RGB, 10 classes, 50000/10000", 10, _cifar("CIFAR10", "cifar10")),
-    "cifar100": _Spec("CIFAR-100 objects, 32x32 RGB, 100 classes, 50000/10000", 100, _cifar("CIFAR100", "cifar100")),
+                    _mnist_like("KMNIST", "kmnist"), _mnist_files("KMNIST")),
+    "cifar10": _Spec("CIFAR-10 objects, 32x32 RGB, 10 classes, 50000/10000", 10, _cifar("CIFAR10", "cifar10"),
+                     _cifar_files("CIFAR10")),
+    "cifar100": _Spec("CIFAR-100 objects, 32x32 RGB, 100 classes, 50000/10000", 100, _cifar("CIFAR100", "cifar100"),
+                      _cifar_files("CIFAR100")),
     "tinyimagenet": _Spec("TinyImageNet-200, 64x64 RGB, 200 classes, 100000/10000 (val as test)", 200,
-                          _load_tinyimagenet),
+                          _load_tinyimagenet, _tinyimagenet_files),
 }
 SOURCE_INFO: dict[str, str] = {name: spec.description for name, spec in _SPECS.items()}
 _CACHE: dict[tuple[str, str | None, bool], Source] = {}
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def _spec(name: str) -> _Spec:
@@ -321,3 +420,24 @@ def load_source(name: str, root: str | os.PathLike | None = None, download: bool
 def clear_source_cache() -> None:
     """Forget every loaded source (frees memory; tests use it)."""
     _CACHE.clear()
+
+
+def _digest(path: Path) -> str:
+    """``<size>:<sha256 prefix>`` of a file's content, hashed once per (path, size, mtime) in a process."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        sha = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(block)
+        _DIGESTS[key] = f"{stat.st_size}:{sha.hexdigest()[:16]}"
+    return _DIGESTS[key]
+
+
+def source_fingerprint(name: str, root: str | os.PathLike | None = None) -> dict[str, str]:
+    """What identifies the data a load of ``name`` reads: ``<size>:<sha256 prefix>`` of each of its files
+    present under the resolved root (keyed by the path below the root); empty for embedded datasets."""
+    spec = _spec(name)
+    resolved = resolve_root(root)
+    return {str(p.relative_to(resolved)): _digest(p) for p in spec.files(resolved) if p.is_file()}
