@@ -274,6 +274,24 @@ def _resolve_strategies(cfg: DictConfig) -> DictConfig:
     return out
 
 
+def _check_strategy_entries(given: DictConfig, labels: list[str]) -> None:
+    """An entry under ``strategies:`` names a label of ``strategy``, a registered strategy (settings kept for
+    when it is selected) or a variant with its own ``class``; anything else is a misspelt label whose
+    settings would silently not apply."""
+    from difflib import get_close_matches
+
+    from cl_bench.registry import strategy_names
+
+    known = set(labels) | set(strategy_names())
+    for label, entry in given.items():
+        if str(label) in known or (isinstance(entry, DictConfig) and "class" in entry):
+            continue
+        close = get_close_matches(str(label), labels, n=1)
+        hint = f"did you mean strategies.{close[0]}? " if close else ""
+        raise ConfigError(f"strategies.{label}: no such label; {hint}the labels of `strategy` are "
+                          f"{', '.join(labels)} (an entry for a new variant needs `class: <strategy>`)")
+
+
 # -------------------------------------------------------------- validation
 def to_dataclass(cls: type, data: Any, where: str) -> Any:
     """Merge ``data`` into dataclass ``cls`` with type checks; errors name ``where.key``."""
@@ -332,6 +350,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     to_dataclass(OptimizerConfig, cfg.optimizer, "optimizer")  # every strategy overrides them
 
     runs: list[RunSpec] = []
+    _check_strategy_entries(cfg.strategies, list(cfg.strategy))
     for label in cfg.strategy:
         entry = cfg.strategies[label]
         class_name = str(entry.get("class", label))

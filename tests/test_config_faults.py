@@ -75,3 +75,12 @@ def test_flags_may_stand_between_overrides(tmp_path, capsys) -> None:
     assert capsys.readouterr().out.splitlines()[-1] == f"1 runs -> {out}"
     with pytest.raises(SystemExit):
         main(["run", "strategy=naive", "--dry-run", "--no-such-flag"])
+
+
+def test_a_misspelt_label_under_strategies_is_an_error_naming_the_labels():
+    with pytest.raises(ConfigError, match=r"strategies\.sii: no such label; did you mean strategies\.si\? the labels "
+                                          r"of `strategy` are naive, si"):
+        build_plan(load_config(["strategy=[naive,si]", "strategies.sii.lam=5"]))
+    # registered strategies and variants with their own class stay valid when not selected
+    plan = build_plan(load_config(["strategy=naive", "strategies.ewc.lam=5", "strategies.my_ewc.class=ewc"]))
+    assert {s.label for s in plan.runs} == {"naive"}
