@@ -64,24 +64,22 @@ def water_fill(available: Tensor, capacity: int, prefer: Tensor) -> Tensor:
     Level L = the largest integer with sum_g min(available_g, L) <= capacity;
     n_g = min(available_g, L), and the r = capacity - sum_g n_g leftover slots
     go one each to groups with available_g > L, largest ``prefer`` first
-    (ties: lower group index).
+    (ties: lower group index). Tensor ops only (no host read).
     """
-    total = int(available.sum())
-    if total <= capacity:
-        return available.clone()
     g = available.numel()
+    ar = torch.arange(g, device=available.device)
     sorted_avail, _ = torch.sort(available)
     before = torch.cumsum(sorted_avail, 0) - sorted_avail  # sum of the groups below position i
-    capped_from = (sorted_avail * (g - torch.arange(g, device=available.device)) + before > capacity)
-    i = int(capped_from.nonzero()[0])
-    level = (capacity - int(before[i])) // (g - i)
-    counts = available.clamp(max=level)
-    leftover = capacity - int(counts.sum())
+    capped_from = sorted_avail * (g - ar) + before > capacity  # first True: the lowest capped position i
+    i = torch.argmax(capped_from.to(torch.uint8))
+    level = (capacity - before[i]) // (g - i)
+    counts = torch.minimum(available, level)
+    leftover = capacity - counts.sum()
     capped = available > level
     score = torch.where(capped, prefer.double(), float("-inf"))
-    winners = torch.argsort(-score, stable=True)[:leftover]
-    counts[winners] += 1
-    return counts
+    rank = torch.argsort(torch.argsort(-score, stable=True))  # position of each group by score
+    counts = counts + (capped & (rank < leftover)).to(counts.dtype)
+    return torch.where(capped_from.any(), counts, available)
 
 
 def herding(features: Tensor, m: int) -> Tensor:
@@ -121,7 +119,7 @@ class Buffer(nn.Module):
     counts: Tensor
 
     def __init__(self, capacity: int, input_shape: Sequence[int], n_logits: int = 0,
-                 policy: str = "reservoir", input_dtype: torch.dtype = torch.float32) -> None:
+                 policy: str = "reservoir", input_dtype: torch.dtype = torch.float32, n_groups: int = 0) -> None:
         super().__init__()
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"buffer_size must be a positive integer, got {capacity!r}")
@@ -129,7 +127,9 @@ class Buffer(nn.Module):
             raise ValueError(f"buffer policy={policy!r} is not valid; choose one of {list(POLICIES)}")
         if n_logits < 0:
             raise ValueError(f"n_logits must be >= 0, got {n_logits}")
-        self.capacity, self.policy = capacity, policy
+        if policy != "reservoir" and n_groups < 1:
+            raise ValueError(f"policy={policy!r} needs n_groups >= 1 (labels or task ids lie in 0..n_groups-1)")
+        self.capacity, self.policy, self.n_groups = capacity, policy, n_groups
         self.input_shape = tuple(int(s) for s in input_shape)
         self.register_buffer("x", torch.zeros(capacity, *self.input_shape, dtype=input_dtype))
         self.register_buffer("y", torch.zeros(capacity, dtype=torch.long))
@@ -145,7 +145,8 @@ class Buffer(nn.Module):
 
     def _set_counts(self, n_seen: int, size: int) -> None:
         self.n_seen, self.size = n_seen, size
-        self.counts.copy_(torch.tensor([n_seen, size]))
+        self.counts[0].fill_(n_seen)  # device writes: no copy from host memory
+        self.counts[1].fill_(size)
 
     @property
     def nbytes(self) -> int:
@@ -168,13 +169,31 @@ class Buffer(nn.Module):
         else:
             group = y if self.policy == "class_balanced" else t
             slot, keep, new_size = self._balanced_slots(group, generator)
-        src = keep.nonzero().squeeze(1)
-        dst = slot[src]
-        self.x[dst] = x[src]
-        self.y[dst], self.t[dst] = y[src], t[src]
-        if logits is not None:
-            self.logits[dst] = logits[src].to(self.logits.dtype)
+        self._write(slot, keep, (x, y, t, logits))
         self._set_counts(self.n_seen + b, new_size)
+
+    def _write(self, slot: Tensor, keep: Tensor, rows: tuple[Tensor | None, ...]) -> None:
+        """Rows with ``keep`` go to their (distinct) ``slot``, without reading ``keep`` on the host.
+
+        B <= K: the r-th row not kept goes to the r-th slot no kept row writes and rewrites it
+        with its own content, so the B targets are distinct. B > K: each slot gathers the row
+        written to it, if any (O(K) rows either way)."""
+        k, b = self.capacity, keep.numel()
+        match = (slot[None, :] == torch.arange(k, device=slot.device)[:, None]) & keep[None, :]  # [K, B]
+        stores = (self.x, self.y, self.t, self.logits)
+        if b <= k:
+            untouched = torch.argsort(match.any(1).to(torch.uint8), stable=True)  # unwritten slots first
+            dst = torch.where(keep, slot, untouched[(torch.cumsum(~keep, 0) - 1).clamp(min=0)])
+            for store, new in zip(stores, rows):
+                if new is not None:
+                    kept = keep.view(-1, *[1] * (new.dim() - 1))
+                    store[dst] = torch.where(kept, new.to(store.dtype), store[dst])
+            return
+        src = torch.where(match, torch.arange(b, device=slot.device), -1).amax(1)  # [K] row written, -1: none
+        for store, new in zip(stores, rows):
+            if new is not None:
+                has = (src >= 0).view(-1, *[1] * (new.dim() - 1))
+                store.copy_(torch.where(has, new[src.clamp(min=0)].to(store.dtype), store))
 
     def assign(self, x: Tensor, y: Tensor, t: Tensor, logits: Tensor | None = None) -> None:
         """Replace the whole content by the given examples (iCaRL's exemplar sets)."""
@@ -223,24 +242,27 @@ class Buffer(nn.Module):
         return keep
 
     def _balanced_slots(self, group: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, int]:
-        """Water-filling over groups: evict random old examples of over-full groups,
-        keep the earliest incoming examples of each group; returns (slot, keep, new size)."""
-        dev = group.device
-        old = (self.y if self.policy == "class_balanced" else self.t)[: self.size]
-        n_groups = 1 + int(torch.cat([old, group]).max())
-        stored = torch.bincount(old, minlength=n_groups)
-        incoming = torch.bincount(group, minlength=n_groups)
-        target = water_fill(stored + incoming, self.capacity, prefer=stored)
+        """Water-filling over groups: evict random old examples of over-full groups, keep the earliest
+        incoming examples of each group; the r-th kept row takes the r-th evicted slot (ascending), then
+        the slots after the filled ones. The new size is min(K, size + B) (water-filling fills the
+        capacity), known on the host; the rest stays on the device. Returns (slot, keep, new size)."""
+        dev, k, size = group.device, self.capacity, self.size
+        old = (self.y if self.policy == "class_balanced" else self.t)[:size]
+        groups = torch.arange(self.n_groups, device=dev)
+        stored = (old[:, None] == groups).sum(0)
+        incoming = (group[:, None] == groups).sum(0)
+        target = water_fill(stored + incoming, k, prefer=stored)
         evict_n = (stored - target).clamp(min=0)
         keep_n = (target - stored).clamp(min=0)
-        rank_old = rank_within_groups(old, self._rand(self.size, generator, torch.float32))
-        evicted = (rank_old < evict_n[old]).nonzero().squeeze(1)
+        evicted = rank_within_groups(old, self._rand(size, generator, torch.float32)) < evict_n[old]
         keep = rank_within_groups(group, torch.arange(group.numel(), device=dev)) < keep_n[group]
-        n_keep = int(keep_n.sum())
-        free = torch.arange(self.size, self.size + n_keep - evicted.numel(), device=dev)
-        slot = torch.full_like(group, -1)
-        slot[keep] = torch.cat([evicted, free])
-        return slot, keep, self.size + free.numel()
+        r = torch.cumsum(keep, 0) - 1  # rank among the kept rows
+        n_evicted = evicted.sum()
+        slot = size + r - n_evicted
+        if size:
+            evicted_slots = torch.argsort((~evicted).to(torch.uint8), stable=True)  # evicted first, ascending
+            slot = torch.where(r < n_evicted, evicted_slots[r.clamp(0, size - 1)], slot)
+        return torch.where(keep, slot, -1), keep, min(k, size + group.numel())
 
     # ---------------------------------------------------------------- reading
     def sample(self, n: int, generator: torch.Generator | None = None) -> BufferSample:

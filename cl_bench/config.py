@@ -289,7 +289,7 @@ def _check_strategy_entries(given: DictConfig, labels: list[str]) -> None:
             continue
         close = get_close_matches(label, labels, n=1)
         hint = f"did you mean strategies.{close[0]}? " if close else ""
-        raise ConfigError(f"strategies.{label}: no such label; {hint}the labels of `strategy` are "
+        raise ConfigError(f"strategies.{label!s}: no such label; {hint}the labels of `strategy` are "
                           f"{', '.join(labels)} (an entry for a new variant needs `class: <strategy>`)")
 
 

@@ -24,13 +24,22 @@ Order of events of a run::
                         task_loss(step)          # the current batch's term; fills step.logits
                         replay_loss(step)        # stored examples or a stored model (0 by default)
                         penalty()                # a function of the parameters only (0 by default)
+                        keep_terms               # each term's value (terms) and epoch sum (term_sums), on the device
                         observe(step)            # after the loss: add the batch to a buffer
+                        check_finite(loss)       # kept on the device; raised at the epoch's end
                     backward
                     transform_gradients()        # from on_before_optimizer_step: surgery, masks, projections
                     optimizer.step()
                     transform_update(before)     # from optimizer_step: the step's parameter change
+                on_train_epoch_end               # report_non_finite: the epoch's first NaN/inf loss, if any
         after_task(task)                         # consolidate: Fisher, anchors, buffer, masks, bases
         (runner) evaluate every task -> row t; geometry checks of tasks < t, then task t's snapshot
+
+Runs whose training is identical (class-IL and task-IL without ``mask_train_logits``,
+unless the class declares ``setting_in_training``) share one module: the runner
+trains it once and, after each task, evaluates it in each run's setting
+(``select_setting``); while it trains for several settings, ``self.setting`` is
+unreadable.
 
 ``eval_logits(x, task_ids)`` gives the scores used for evaluation (iCaRL swaps in
 its nearest-mean classifier). State that must survive a checkpoint (anchors,
@@ -41,7 +50,6 @@ kept beside the network (a teacher) are named in ``frozen_copies``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +80,10 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 class NonFiniteLossError(FloatingPointError):
     """A NaN/inf training loss; the message names the task and the step."""
+
+
+class SettingReadInSharedTraining(RuntimeError):
+    """A strategy read ``self.setting`` while one training served several settings."""
 
 
 @dataclass
@@ -135,7 +147,14 @@ class ContinualModule(L.LightningModule):
     Params: ClassVar[type] = NoParams
     #: submodules that are frozen copies of the network (teachers): outside the parameter layout
     frozen_copies: ClassVar[tuple[str, ...]] = ()
+    #: True when training (terms, transforms, task hooks) reads ``self.setting``: one training per setting
+    setting_in_training: ClassVar[bool] = False
     class_mask: Tensor  # registered buffer [T, n_outputs]
+    _setting: str | None
+    _bad_step: Tensor  # [] long: batch index of the epoch's first non-finite loss, -1: none
+    _bad_loss: Tensor  # [] that loss
+    terms: dict[str, Tensor]  # the last step's task_loss / replay_loss / penalty (detached, on the device)
+    term_sums: dict[str, Tensor]  # their sums over the epoch's steps
 
     def __init__(
         self,
@@ -149,12 +168,13 @@ class ContinualModule(L.LightningModule):
         self.backbone = backbone
         self.params = params if params is not None else self.Params()
         self.optim_cfg = optimizer or OptimizerConfig()
-        self.setting = scenario.setting
+        self._setting = scenario.setting
         self.n_tasks = scenario.n_tasks
         self.mask_train_logits = mask_train_logits and scenario.setting == "task_il"
         self.register_buffer("class_mask", scenario.class_mask(), persistent=False)
         self.current_task = 0
         self.phase = Phase()
+        self.on_train_epoch_start()
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Lightning sets ``_current_fx_name`` around every hook call (~40 times a step); a plain
@@ -163,6 +183,23 @@ class ContinualModule(L.LightningModule):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    @property
+    def setting(self) -> str:
+        """The setting evaluated (class_il, task_il, domain_il); unreadable while one training serves several."""
+        if self._setting is None:
+            raise SettingReadInSharedTraining(
+                f"{self.name} reads self.setting while training: its class must declare setting_in_training = True "
+                "(then class-IL and task-IL train separately)")
+        return self._setting
+
+    def select_setting(self, setting: str | None) -> None:
+        """The setting to evaluate next; None while one training serves several settings."""
+        self._setting = setting
+
+    def shares_training(self) -> bool:
+        """Whether class-IL and task-IL runs train the identical network (only their evaluation differs)."""
+        return not (self.mask_train_logits or self.setting_in_training)
 
     # ---------------------------------------------------------------- model
     def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
@@ -230,9 +267,11 @@ class ContinualModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor | None:
         step = Step(*batch)
         loss = self.task_loss(step)
-        for term in (self.replay_loss(step), self.penalty()):
+        terms = {"task_loss": loss, "replay_loss": self.replay_loss(step), "penalty": self.penalty()}
+        for term in (terms["replay_loss"], terms["penalty"]):
             if term is not None:
                 loss = loss + term
+        self.keep_terms(terms)
         self.observe(step)
         self.check_finite(loss, batch_idx)
         self.log_step(loss)
@@ -249,11 +288,39 @@ class ContinualModule(L.LightningModule):
             with torch.no_grad():
                 self.transform_update(params, before)
 
+    def keep_terms(self, terms: dict[str, Tensor | None]) -> None:
+        """Each term's value at this step (``terms``) and its sum over the epoch's steps (``term_sums``),
+        detached, on the device; a term that is None at a step adds nothing."""
+        self.terms = {name: v.detach() for name, v in terms.items() if v is not None}
+        for name, v in self.terms.items():
+            self.term_sums[name] = self.term_sums[name] + v if name in self.term_sums else v
+
+    def on_train_epoch_start(self) -> None:
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._bad_loss = torch.zeros((), device=self.device)
+        self.terms = {}
+        self.term_sums = {}
+
+    def on_train_epoch_end(self) -> None:
+        self.report_non_finite()
+
+    def on_train_end(self) -> None:
+        self.report_non_finite()  # a fit cut by max_steps inside an epoch
+
     def check_finite(self, loss: Tensor, batch_idx: int) -> None:
-        if not math.isfinite(loss.item()):
+        """Keep the first non-finite loss of the epoch and its step, on the device (no host sync per step):
+        bad_step <- batch_idx where the loss is NaN/inf and bad_step < 0."""
+        first = ~torch.isfinite(loss.detach()) & (self._bad_step < 0)
+        self._bad_step = torch.where(first, batch_idx, self._bad_step)
+        self._bad_loss = torch.where(first, loss.detach().to(self._bad_loss.dtype), self._bad_loss)
+
+    def report_non_finite(self) -> None:
+        """Raise for the first non-finite loss kept by :meth:`check_finite` (one host sync)."""
+        step = int(self._bad_step)
+        if step >= 0:
             raise NonFiniteLossError(
-                f"{self.name}: non-finite loss {loss.item()} in task {self.current_task}, "
-                f"epoch {self.current_epoch}, step {batch_idx}"
+                f"{self.name}: non-finite loss {float(self._bad_loss)} in task {self.current_task}, "
+                f"epoch {self.current_epoch}, step {step}"
             )
 
     def log_step(self, loss: Tensor) -> None:

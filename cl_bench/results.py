@@ -55,6 +55,7 @@ class RunResult:
     strategy_memory_bytes: list[int] = field(default_factory=list)
     peak_memory: dict[str, int] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
+    shared_training: list[str] = field(default_factory=list)  # runs trained by the same training (evaluation differs)
     versions: dict[str, str] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None  # the resolved folder the data was read from (its files' digests: config.data)
@@ -173,7 +174,7 @@ def device_info(device: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 

@@ -8,6 +8,7 @@ tensors, so every row of the accuracy and loss matrices costs one pass.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import resource
@@ -20,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any, cast
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -65,11 +68,19 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated.*")
 
 
-def resolve_device(accelerator: str) -> str:
-    """``cuda`` for gpu / cuda, or auto with CUDA available; else ``cpu``."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
+def resolve_device(cfg: TrainerConfig) -> str:
+    """The device the Trainer of ``cfg`` trains on (its root device: ``cuda:<i>`` for ``devices=[i]``,
+    or ``cpu``); the module, its batches, the evaluator and the checks all live there."""
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={cfg.accelerator} but no CUDA device is visible; "
+                          "use trainer.accelerator=cpu (or auto)")
+    quiet_lightning()
+    try:
+        trainer = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+                            num_nodes=cfg.num_nodes, barebones=True)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"trainer.accelerator={cfg.accelerator}, trainer.devices={cfg.devices}: {err}") from err
+    return str(trainer.strategy.root_device)
 
 
 # ------------------------------------------------------------------ scenarios
@@ -198,14 +209,14 @@ def build_module(spec: RunSpec, scenario: Scenario) -> ContinualModule:
 
 def _peak_memory(device: str) -> dict[str, int]:
     out = {"cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if device == "cuda":
-        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    if torch.device(device).type == "cuda":
+        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return out
 
 
 @dataclass
 class RunState:
-    """Everything one run carries from task to task."""
+    """Everything one run carries from task to task (the module may serve several runs: :func:`run_group`)."""
 
     spec: RunSpec
     scenario: Scenario
@@ -219,21 +230,33 @@ class RunState:
     start: float
     run_logger: RunLogger | None = None
     checkpoint: Path | None = None
+    saved: dict[str, Any] | None = None  # the checkpoint it resumed from
+
+    @property
+    def done(self) -> int:
+        """Rows recorded so far (tasks finished)."""
+        return len(self.result.acc)
 
 
-def start_or_resume(spec: RunSpec, scenario: Scenario, run_logger: RunLogger | None,
-                    checkpoint: Path | None) -> RunState:
-    """Seed, build the module, the evaluator and the tracker; load the checkpoint of an interrupted run."""
+def seeded_module(spec: RunSpec, scenario: Scenario) -> tuple[ContinualModule, str]:
+    """Threads and seed of the run, then its module on its device."""
     quiet_lightning()
     trainer_cfg = TrainerConfig(**spec.trainer)
-    device = resolve_device(trainer_cfg.accelerator)
-    if device == "cuda":
+    device = resolve_device(trainer_cfg)
+    if torch.device(device).type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     if trainer_cfg.num_threads:
         torch.set_num_threads(trainer_cfg.num_threads)
     L.seed_everything(spec.seed, verbose=False)
-    module = build_module(spec, scenario).to(device)
+    return build_module(spec, scenario).to(device), device
+
+
+def open_run(spec: RunSpec, scenario: Scenario, module: ContinualModule, device: str,
+             run_logger: RunLogger | None, checkpoint: Path | None) -> RunState:
+    """The evaluator and the tracker of a run; its partial result from the checkpoint of an interrupted
+    run, else the untrained row (the module itself is restored by the caller)."""
+    trainer_cfg = TrainerConfig(**spec.trainer)
     log_cfg = run_logger.cfg if run_logger is not None else LoggerConfig()
     evaluator = Evaluator(scenario, device, trainer_cfg.eval_batch_size, trainer_cfg.train_loss_probe,
                           confusion=log_cfg.records_confusion(scenario.n_outputs))
@@ -244,13 +267,12 @@ def start_or_resume(spec: RunSpec, scenario: Scenario, run_logger: RunLogger | N
     start = time.perf_counter()
     saved = load_checkpoint(checkpoint, spec.config_hash()) if checkpoint else None
     if saved is not None:
-        module.load_state_dict(saved["module"])
         result = RunResult(**saved["result"])
-        set_rng_state(saved["rng"])
         if tracker is not None:
             tracker.load_state_dict(saved["tracker"], module)
         start -= result.timings["elapsed"]
     else:
+        module.select_setting(spec.setting)
         init = evaluator(module)
         result = RunResult(
             run_id=spec.run_id, label=spec.label, strategy=spec.strategy_class, family=module.family,
@@ -262,22 +284,47 @@ def start_or_resume(spec: RunSpec, scenario: Scenario, run_logger: RunLogger | N
             timings={"fit": [], "after_task": [], "eval": [], "checks": []},
         )
     return RunState(spec, scenario, module, device, trainer_cfg, schedule, evaluator, tracker, result, start,
-                    run_logger, checkpoint)
+                    run_logger, checkpoint, saved)
 
 
-def train_task(run: RunState, task: Task, task_ids: Tensor) -> int:
-    """``before_task``, one fit per phase of the task (:func:`fit_phases`), ``after_task``;
-    returns the optimiser steps taken."""
-    spec, module, cfg = run.spec, run.module, run.trainer_cfg
+def start_group(specs: list[RunSpec], scenarios: list[Scenario], run_loggers: list[RunLogger | None],
+                checkpoints: list[Path | None]) -> list[RunState]:
+    """One module for runs that train identically (:func:`training_key`), opened for each of them.
+
+    Every run opens from the same random state, the last one last, so the state the training
+    starts from is the one a run of the last spec alone would train from. The module resumes
+    from the checkpoint of the run with the fewest finished tasks (with none: from scratch).
+    """
+    module, device = seeded_module(specs[-1], scenarios[-1])
+    fresh = rng_state()
+    runs = []
+    for spec, scenario, run_logger, ckpt in zip(specs, scenarios, run_loggers, checkpoints):
+        set_rng_state(fresh)
+        runs.append(open_run(spec, scenario, module, device, run_logger, ckpt))
+    behind = min(runs, key=lambda r: r.done)
+    if behind.saved is not None:
+        module.load_state_dict(behind.saved["module"])
+        set_rng_state(behind.saved["rng"])
+    module.select_setting(specs[0].setting if len(specs) == 1 else None)
+    return runs
+
+
+def train_task(runs: list[RunState], task: Task, task_ids: Tensor) -> tuple[int, float, float]:
+    """``before_task``, one fit per phase of the task (:func:`fit_phases`), ``after_task``, for every run
+    of ``runs`` at once (their callbacks and loggers attached); returns the optimiser steps taken and
+    the seconds of the fits and of ``after_task``."""
+    lead = runs[-1]
+    spec, module, cfg = lead.spec, lead.module, lead.trainer_cfg
     batches = TaskBatches(
-        task.x_train, task.y_train, task_ids, cfg.batch_size, device=run.device,
-        seed=derive_seed(spec.seed, task.id), mean=run.scenario.mean, std=run.scenario.std, augment=augment_of(spec),
+        task.x_train, task.y_train, task_ids, cfg.batch_size, device=lead.device,
+        seed=derive_seed(spec.seed, task.id), mean=lead.scenario.mean, std=lead.scenario.std,
+        augment=augment_of(spec),
     )
-    loggers = run.run_logger.lightning_loggers() if run.run_logger is not None else None
-    log_every = run.run_logger.cfg.log_every_n_steps if run.run_logger is not None else 10
+    loggers = [lg for r in runs if r.run_logger is not None for lg in r.run_logger.lightning_loggers()] or None
+    log_every = next((r.run_logger.cfg.log_every_n_steps for r in runs if r.run_logger is not None), 10)
 
     def new_trainer(phase: Phase) -> L.Trainer:
-        callbacks = [run.tracker.callback()] if run.tracker is not None else None
+        callbacks = [r.tracker.callback() for r in runs if r.tracker is not None] or None
         return make_trainer(cfg, loggers, callbacks, log_every, epochs=phase.epochs)
 
     t0 = time.perf_counter()
@@ -285,9 +332,7 @@ def train_task(run: RunState, task: Task, task_ids: Tensor) -> int:
     steps = fit_phases(module, task, batches, new_trainer)
     t1 = time.perf_counter()
     module.after_task(task)
-    run.result.timings["fit"].append(t1 - t0)
-    run.result.timings["after_task"].append(time.perf_counter() - t1)
-    return steps
+    return steps, t1 - t0, time.perf_counter() - t1
 
 
 def fit_phases(module: ContinualModule, task: Task, batches: Iterable[Any],
@@ -327,7 +372,7 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
 
 def save_progress(run: RunState) -> None:
     """Checkpoint after a task (not after the last one: the result file replaces it)."""
-    if run.checkpoint is None or len(run.result.acc) >= len(run.schedule):
+    if run.checkpoint is None or run.done >= len(run.schedule):
         return
     run.result.timings["elapsed"] = time.perf_counter() - run.start
     save_checkpoint(
@@ -338,17 +383,58 @@ def save_progress(run: RunState) -> None:
     )
 
 
-def finish(run: RunState) -> RunResult:
-    """Timings, the checks' summary, peak memory and the metric variants."""
+def finish(run: RunState, group: list[RunState]) -> RunResult:
+    """Timings, the checks' summary, peak memory, the runs it shared its training with and the metric variants."""
     result = run.result
     result.timings.pop("elapsed", None)
     result.timings["total"] = time.perf_counter() - run.start
     if run.tracker is not None:
         result.checks = run.tracker.summary()
     result.peak_memory = _peak_memory(run.device)
+    result.shared_training = [r.spec.run_id for r in group if r is not run]
     if result.status == "ok":
         fill_metrics(result)
     return result
+
+
+def run_group(
+    specs: list[RunSpec],
+    scenarios: list[Scenario],
+    run_loggers: list[RunLogger | None] | None = None,
+    on_task_end: TaskCallback | None = None,
+    checkpoints: list[Path | None] | None = None,
+) -> list[RunResult]:
+    """Train once for runs of one :func:`training_key` and evaluate that training in each of them.
+
+    After every task each run records its row (evaluated in its own setting, with its own
+    checks), all from the random state the training left, the last run last: each run gets the
+    result it would get alone. A run whose checkpoint is ahead of the others' skips the rows it has.
+    """
+    runs = start_group(specs, scenarios, run_loggers or [None] * len(specs), checkpoints or [None] * len(specs))
+    module = runs[-1].module
+    shared = module.setting if len(runs) == 1 else None
+    try:
+        for i, (task, task_ids) in enumerate(runs[-1].schedule):
+            if all(r.done > i for r in runs):
+                continue
+            steps, fit_s, after_s = train_task(runs, task, task_ids)
+            after = rng_state()
+            for run in (r for r in runs if r.done == i):
+                set_rng_state(after)
+                module.select_setting(run.spec.setting)
+                run.result.timings["fit"].append(fit_s)
+                run.result.timings["after_task"].append(after_s)
+                record_row(run, task, steps)
+                save_progress(run)
+            module.select_setting(shared)
+            if on_task_end is not None:
+                for run in runs:
+                    on_task_end(run.spec, task.id, module)
+    except NonFiniteLossError as err:
+        for run in runs:
+            run.result.status, run.result.error = "failed", str(err)
+    module.select_setting(runs[-1].spec.setting)
+    return [finish(r, runs) for r in runs]
 
 
 def run_one(
@@ -364,17 +450,8 @@ def run_one(
     that finds a checkpoint of the same configuration continues after its
     last finished task (the same result as an uninterrupted run).
     """
-    run = start_or_resume(spec, scenario, run_logger, checkpoint)
-    try:
-        for task, task_ids in run.schedule[len(run.result.acc):]:
-            steps = train_task(run, task, task_ids)
-            record_row(run, task, steps)
-            save_progress(run)
-            if on_task_end is not None:
-                on_task_end(spec, task.id, run.module)
-    except NonFiniteLossError as err:
-        run.result.status, run.result.error = "failed", str(err)
-    return finish(run)
+    (result,) = run_group([spec], [scenario], [run_logger], on_task_end, [checkpoint])
+    return result
 
 
 def fill_metrics(result: RunResult, joint_acc: list[float] | None = None) -> None:
@@ -476,9 +553,35 @@ def identify_data(plan: Plan) -> None:
         identify_run(spec)
 
 
-def prepare(plan: Plan) -> dict[str, Scenario]:
+#: trainer keys read only by the evaluation
+EVALUATION_ONLY = ("eval_batch_size", "train_loss_probe")
+
+
+def training_key(spec: RunSpec, module: ContinualModule) -> str:
+    """Equal for runs that train the identical network: everything of the spec but its label and the
+    evaluation-only trainer keys, and the setting between class-IL and task-IL where the module's
+    training does not depend on it (:meth:`ContinualModule.shares_training`)."""
+    fields = asdict(spec)
+    del fields["label"]
+    for key in EVALUATION_ONLY:
+        fields["trainer"].pop(key, None)
+    if spec.setting in ("class_il", "task_il") and module.shares_training():
+        fields["setting"] = fields["scenario"]["setting"] = "class_il|task_il"
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+@dataclass
+class Prepared:
+    """The scenarios of a plan (by :func:`scenario_key`) and the :func:`training_key` of every run (by run id)."""
+
+    scenarios: dict[str, Scenario]
+    training: dict[str, str]
+
+
+def prepare(plan: Plan) -> Prepared:
     """Load every scenario and build every module once: all errors before training."""
     scenarios: dict[str, Scenario] = {}
+    training: dict[str, str] = {}
     for spec in plan.runs:
         key = scenario_key(spec)
         if key not in scenarios:
@@ -489,11 +592,19 @@ def prepare(plan: Plan) -> dict[str, Scenario]:
             except (ValueError, KeyError) as err:
                 raise ConfigError(f"scenario: {err}") from err
         try:
-            build_module(spec, scenarios[key])
+            training[spec.run_id] = training_key(spec, build_module(spec, scenarios[key]))
         except (ValueError, KeyError) as err:
             raise ConfigError(f"{spec.run_id}: {err}") from err
     identify_data(plan)
-    return scenarios
+    return Prepared(scenarios, training)
+
+
+def training_groups(specs: list[RunSpec], keys: dict[str, str]) -> list[list[RunSpec]]:
+    """``specs`` grouped by training key, in the order of each group's first run."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        groups.setdefault(keys[spec.run_id], []).append(spec)
+    return list(groups.values())
 
 
 def checkpoint_path(output_dir: Path, spec: RunSpec) -> Path:
@@ -526,6 +637,13 @@ def preflight(plan: Plan, scenarios: dict[str, Scenario]) -> None:
         if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
             raise ConfigError(f"{spec.run_id}: trainer.devices={devices} but {torch.cuda.device_count()} CUDA "
                               "device(s) are visible")
+    resolved: set[str] = set()
+    for spec in plan.runs:  # every distinct device setting as the Trainer resolves it (a bad index, ...)
+        cfg = TrainerConfig(**spec.trainer)
+        where = json.dumps([cfg.accelerator, cfg.devices, cfg.strategy, cfg.num_nodes])
+        if where not in resolved:
+            resolve_device(cfg)
+            resolved.add(where)
     out = plan.output_dir
     try:  # a 4 KiB probe file, written, fsynced and removed
         out.mkdir(parents=True, exist_ok=True)
@@ -550,27 +668,34 @@ def check_checkpoint(output_dir: Path, spec: RunSpec) -> None:
 
 
 def run_and_save(
-    spec: RunSpec,
-    scenario: Scenario,
+    specs: list[RunSpec],
+    scenarios: list[Scenario],
     output_dir: Path,
     log_cfg: LoggerConfig | None = None,
     experiment: str = "",
     on_task_end: TaskCallback | None = None,
-) -> RunResult:
-    """One run with per-task checkpoints and its loggers; its result file replaces the checkpoint when done."""
-    ckpt = checkpoint_path(output_dir, spec)
-    if log_cfg is None:
-        result = run_one(spec, scenario, on_task_end=on_task_end, checkpoint=ckpt)
-    else:  # a RunLogger without loggers still carries the logger config (logger.confusion)
-        saved = load_checkpoint(ckpt, spec.config_hash())
-        with RunLogger(log_cfg, spec, experiment, output_dir, state=saved and saved.get("logger")) as run_logger:
-            result = run_one(spec, scenario, run_logger, on_task_end=on_task_end, checkpoint=ckpt)
-            run_logger.log_result(result)
-    if spec.data.get("files"):
-        result.data_root = str(resolve_root(spec.data.get("root")))
-    save_result(result, result_path(output_dir, spec))
-    ckpt.unlink(missing_ok=True)
-    return result
+) -> list[RunResult]:
+    """The runs of one training (:func:`run_group`) with per-task checkpoints and their loggers (a
+    RunLogger without loggers still carries the logger config: logger.confusion); each result file
+    replaces its checkpoint when done."""
+    ckpts: list[Path | None] = [checkpoint_path(output_dir, spec) for spec in specs]
+    with ExitStack() as stack:
+        run_loggers: list[RunLogger | None] = [None] * len(specs)
+        if log_cfg is not None:
+            for i, (spec, ckpt) in enumerate(zip(specs, ckpts)):
+                saved = load_checkpoint(cast(Path, ckpt), spec.config_hash())
+                run_loggers[i] = stack.enter_context(
+                    RunLogger(log_cfg, spec, experiment, output_dir, state=saved and saved.get("logger")))
+        results = run_group(specs, scenarios, run_loggers, on_task_end, ckpts)
+        for run_logger, result in zip(run_loggers, results):
+            if run_logger is not None:
+                run_logger.log_result(result)
+    for spec, result, ckpt in zip(specs, results, ckpts):
+        if spec.data.get("files"):
+            result.data_root = str(resolve_root(spec.data.get("root")))
+        save_result(result, result_path(output_dir, spec))
+        cast(Path, ckpt).unlink(missing_ok=True)
+    return results
 
 
 _WORKER_SCENARIOS: dict[str, Scenario] = {}
@@ -602,11 +727,12 @@ def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
 
 
-def _worker_run(spec: RunSpec, output_dir: Path, log_cfg: LoggerConfig, experiment: str) -> RunResult:
-    key = scenario_key(spec)
-    if key not in _WORKER_SCENARIOS:
-        _WORKER_SCENARIOS[key] = load_scenario(spec)
-    return run_and_save(spec, _WORKER_SCENARIOS[key], output_dir, log_cfg, experiment)
+def _worker_run(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, experiment: str) -> list[RunResult]:
+    for spec in specs:
+        key = scenario_key(spec)
+        if key not in _WORKER_SCENARIOS:
+            _WORKER_SCENARIOS[key] = load_scenario(spec)
+    return run_and_save(specs, [_WORKER_SCENARIOS[scenario_key(s)] for s in specs], output_dir, log_cfg, experiment)
 
 
 class RunInterrupted(BaseException):
@@ -647,12 +773,14 @@ def execute(
     With ``resume`` (the default) finished runs with the same configuration are
     loaded instead of re-trained and interrupted runs continue from their last
     checkpoint; otherwise both are discarded. A stored result of another
-    configuration is moved aside (:func:`set_aside`), never overwritten.
-    ``workers > 1`` runs specs in a process pool (``on_task_end`` is then not
-    called) whose workers die with this process. Ctrl-C (in the main thread)
-    ends every run and raises :class:`RunInterrupted`.
+    configuration is moved aside (:func:`set_aside`), never overwritten. Runs of
+    one :func:`training_key` are trained once (without loggers: a logger follows
+    one run's training). ``workers > 1`` runs trainings in a process pool
+    (``on_task_end`` is then not called) whose workers die with this process.
+    Ctrl-C (in the main thread) ends every run and raises :class:`RunInterrupted`.
     """
-    scenarios = prepare(plan)
+    prepared = prepare(plan)
+    scenarios = prepared.scenarios
     preflight(plan, scenarios)
     log_cfg = logger_config(plan.config.get("logger"))
     todo = []
@@ -668,40 +796,44 @@ def execute(
         else:
             checkpoint_path(plan.output_dir, spec).unlink(missing_ok=True)
         todo.append(spec)
+    keys = {s.run_id: s.run_id for s in todo} if log_cfg.use else prepared.training
+    groups = training_groups(todo, keys)
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _interrupt) if main else None
     try:
-        if workers <= 1 or len(todo) <= 1:
-            for i, spec in enumerate(todo):
+        if workers <= 1 or len(groups) <= 1:
+            for group in groups:
                 try:
-                    yield run_and_save(spec, scenarios[scenario_key(spec)], plan.output_dir, log_cfg, plan.name,
-                                       on_task_end)
+                    yield from run_and_save(group, [scenarios[scenario_key(s)] for s in group], plan.output_dir,
+                                            log_cfg, plan.name, on_task_end)
                 except RunInterrupted:
-                    raise RunInterrupted(interrupted_message(plan.output_dir, todo[i:i + 1])) from None
+                    raise RunInterrupted(interrupted_message(plan.output_dir, group)) from None
             return
-        yield from _execute_pool(plan, todo, log_cfg, workers)
+        yield from _execute_pool(plan, groups, log_cfg, workers)
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
 
 
-def _execute_pool(plan: Plan, todo: list[RunSpec], log_cfg: LoggerConfig, workers: int) -> Iterator[RunResult]:
-    """The specs of ``todo`` in a pool of ``workers`` processes, results as they finish."""
+def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig,
+                  workers: int) -> Iterator[RunResult]:
+    """The trainings of ``groups`` in a pool of ``workers`` processes, results as they finish."""
     threads = max(1, torch.get_num_threads() // workers)
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                initargs=(threads, os.getpid()))
-    futures: dict[Future, RunSpec] = {}
+    futures: dict[Future, list[RunSpec]] = {}
     try:
-        futures = {pool.submit(_worker_run, spec, plan.output_dir, log_cfg, plan.name): spec for spec in todo}
+        futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name): group for group in groups}
         for future in as_completed(futures):
-            yield future.result()
+            yield from future.result()
     except (RunInterrupted, GeneratorExit) as stop:
         for process in list((pool._processes or {}).values()):  # the pool's own workers (no public accessor)
             process.kill()
         pool.shutdown(wait=True, cancel_futures=True)
         if isinstance(stop, GeneratorExit):
             raise
-        unfinished = [spec for f, spec in futures.items() if not f.done() or f.cancelled() or f.exception()]
+        unfinished = [spec for f, group in futures.items() if not f.done() or f.cancelled() or f.exception()
+                      for spec in group]
         raise RunInterrupted(interrupted_message(plan.output_dir, unfinished)) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -216,7 +216,8 @@ class PackNet(MaskedUpdates):
         return {n: p * ((self.owner(n) >= 0) & (self.owner(n) <= j)) for n, p in self.backbone.named_parameters()}
 
     def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
-        if self.setting != "task_il" or task_ids is None:
+        # training sees only the current task, not learned yet: the plain network in every setting
+        if self.training or task_ids is None or self.setting != "task_il":
             return self.backbone(x, task_ids)
         learned = int(self.n_learned)
         tasks = torch.unique(task_ids).tolist()
@@ -375,9 +376,13 @@ class HAT(MaskedUpdates):
         return torch.sigmoid(self._s * e) if self.training else (e > 0).to(e.dtype)
 
     def gates(self, task_ids: Tensor) -> list[Tensor]:
-        """Per-layer gates of every sample, [B, u_l] (or [1, u_l] for the union of the learned tasks)."""
+        """Per-layer gates of every sample, [B, u_l] (or [1, u_l] for the union of the learned tasks);
+        in training every sample is of the current task."""
         if not self.training and self.setting != "task_il":
             return [self.cum(l)[None] for l in range(len(self.layers))]
+        if self.training:  # training batches are the current task's: its gates, without reading task_ids
+            pos = torch.zeros_like(task_ids)
+            return [torch.stack([self.gate(self.current_task, l)])[pos] for l in range(len(self.layers))]
         tasks, pos = torch.unique(task_ids, return_inverse=True)
         return [torch.stack([self.gate(t, l) for t in tasks.tolist()])[pos] for l in range(len(self.layers))]
 
@@ -591,6 +596,7 @@ class OGD(FlatProjection):
     """
 
     Params: ClassVar[type] = OGDParams
+    setting_in_training: ClassVar[bool] = True  # the stored gradients are of the setting's outputs
 
     def outputs_of(self, task: Task) -> Tensor:
         n = self.class_mask.shape[1]

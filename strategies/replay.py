@@ -188,7 +188,8 @@ class ReplayModule(GlobalModule):
         super().__init__(backbone, scenario, params, optimizer, mask_train_logits)
         policy = getattr(self.params, "policy", self.buffer_policy)
         n_logits = scenario.n_outputs if self.stores_logits else 0
-        self.buffer = Buffer(self.params.buffer_size, scenario.input_shape, n_logits, policy)
+        n_groups = {"class_balanced": scenario.n_outputs, "task_balanced": scenario.n_tasks}.get(policy, 0)
+        self.buffer = Buffer(self.params.buffer_size, scenario.input_shape, n_logits, policy, n_groups=n_groups)
         mean, std = torch.tensor(scenario.mean), torch.tensor(scenario.std)
         self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)

@@ -97,7 +97,7 @@ def test_reservoir_is_uniform_over_the_stream_and_the_test_rejects_biased_sample
 def test_balanced_policy_keeps_groups_within_one(policy, key):
     g = torch.Generator().manual_seed(1)
     capacity = 23
-    buf = Buffer(capacity, (1,), policy=policy)
+    buf = Buffer(capacity, (1,), policy=policy, n_groups=12)
     seen = torch.zeros(12, dtype=torch.long)
     for task in range(4):  # groups 3*task .. 3*task+2 arrive, with uneven frequencies
         probs = torch.tensor([0.6, 0.3, 0.1])

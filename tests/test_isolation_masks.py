@@ -146,6 +146,7 @@ def test_hat_gates_match_the_hand_computed_forward() -> None:
     e = torch.tensor([0.7, -0.2, 0.05], dtype=torch.float64)
     module.embeddings[1][0].data.copy_(e)
     module.train()
+    module.current_task = 1  # training gates are those of the task being trained
     module._s = 2.5
     expected = head(torch.tanh(x.flatten(1) @ lin.weight.T + lin.bias) * torch.sigmoid(2.5 * e))
     torch.testing.assert_close(module(x, ids), expected, atol=1e-12, rtol=0)

@@ -100,3 +100,26 @@ def test_split_mnist_finetuning_and_joint_match_the_known_behaviour(tmp_path: Pa
     assert 0.18 <= acc[("class_il", "naive")] <= 0.21
     assert acc[("task_il", "naive")] > 0.9
     assert acc[("class_il", "joint")] > 0.9
+
+
+def test_gpu_accelerator_without_a_gpu_is_one_clear_error_before_training(tmp_path: Path) -> None:
+    import torch
+
+    from cl_bench.config import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    plan = build_plan(load_config([*FAST, "strategy=[naive,ewc]", "trainer.accelerator=gpu",
+                                   f"output.dir={tmp_path}"]))
+    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu but no CUDA device is visible"):
+        list(execute(plan))
+    assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.pt"))  # nothing trained or written
+
+
+def test_the_device_is_the_trainers_root_device() -> None:
+    from cl_bench.config import ConfigError, TrainerConfig
+    from cl_bench.runner import resolve_device
+
+    assert resolve_device(TrainerConfig()) == "cpu"
+    with pytest.raises(ConfigError, match=r"trainer.devices=\[3\]"):  # an index the CPU accelerator cannot take
+        resolve_device(TrainerConfig(accelerator="cpu", devices=[3]))
