@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     col = sub.add_parser("collect", help="merge the runs of several output folders into one results.json")
     col.add_argument("folders", nargs="+", help="output folders of `cl-bench run` (W&B agents, machines)")
     col.add_argument("--out", required=True, help="folder for the merged runs/ and results.json")
+    col.add_argument("--wandb", action="store_true", help="also write the experiment's summary W&B run")
     report = sub.add_parser("report", help="write a Markdown report with plots from a `cl-bench run` output folder")
     report.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (holds results.json)")
     report.add_argument("--out", help="report folder (default: reports/<name>)")
@@ -375,6 +376,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT
     print(f"results: {path}")
+    if args.wandb:
+        from cl_bench.wandb_summary import summary_logger_config, write_summary_run
+
+        print(f"summary W&B run: {write_summary_run(Path(args.out), summary_logger_config(Path(args.out)))}")
     return 0
 
 

@@ -34,7 +34,8 @@ def gather(folders: list[Path]) -> list[RunResult]:
 
 
 def collect(folders: list[Path], out: Path) -> Path:
-    """Write ``<out>/results.json`` (runs, aggregate) and every run under ``<out>/runs``; returns the file."""
+    """Write ``<out>/results.json`` (runs, aggregate), every run under ``<out>/runs`` and the first folder's
+    config.yaml; returns the results file."""
     from cl_bench.runner import add_intransigence
 
     results = gather(folders)
@@ -45,14 +46,24 @@ def collect(folders: list[Path], out: Path) -> Path:
     path = out / "results.json"
     write_json_atomic(path, {"name": names[0] if len(names) == 1 else "+".join(names),
                              "runs": [r.to_dict() for r in results], "aggregate": aggregate(results)})
+    config = next((f / "config.yaml" for f in folders if (f / "config.yaml").is_file()), None)
+    if config is not None and config.resolve() != (out / "config.yaml").resolve():  # the logger section etc.
+        (out / "config.yaml").write_text(config.read_text())
     return path
 
 
 def load_name(folder: Path) -> str:
-    """The experiment name recorded in a folder's results.json ("" when it has none)."""
+    """The experiment name recorded in a folder's results.json, else in its config.yaml ("" when neither)."""
     import json
+
+    from omegaconf import DictConfig, OmegaConf
 
     try:
         return str(json.loads((folder / "results.json").read_text()).get("name", ""))
     except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        config = OmegaConf.load(folder / "config.yaml")
+    except (OSError, ValueError):
         return ""
+    return str(config.get("name") or "") if isinstance(config, DictConfig) else ""

@@ -223,6 +223,27 @@ def test_report_wandb_rewrites_the_same_summary_run(experiment: SimpleNamespace,
     assert (tmp_path / "forgetting_class_il.png").stat().st_size > 10_000
 
 
+def test_collect_wandb_writes_the_summary_of_the_merged_folders(experiment: SimpleNamespace, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The experiment's seeds split over two folders (as two W&B agents would leave them), collected: the
+    summary run of the merged folder holds the aggregate table of the experiment run as one."""
+    for seed, folder in ((0, tmp_path / "a"), (1, tmp_path / "b")):
+        for path in (experiment.out / "runs").glob(f"*/*/seed{seed}.json"):
+            target = folder / path.relative_to(experiment.out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+        shutil.copy(experiment.out / "config.yaml", folder / "config.yaml")
+    wandb_env(monkeypatch, tmp_path / "merged")
+    assert main(["collect", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "merged"),
+                 "--wandb"]) == 0
+    (merged,) = runs_by_name(tmp_path / "merged")["dash/summary"]
+    (first,) = experiment.runs["dash/summary"]
+    assert merged.run["job_type"] == "summary"
+    got = table(merged, merged.summary["summary"]["aggregate"])
+    want = table(first, first.summary["summary"]["aggregate"])
+    assert got["columns"] == want["columns"] and sorted(got["data"]) == sorted(want["data"])  # folder order aside
+
+
 def test_report_wandb_on_a_folder_without_results_is_one_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path), "--wandb"]) == 2
     assert "results.json not found" in capsys.readouterr().err
