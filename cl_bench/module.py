@@ -31,6 +31,7 @@ Order of events of a run::
                     transform_gradients()        # from on_before_optimizer_step: surgery, masks, projections
                     optimizer.step()
                     transform_update(before)     # from optimizer_step: the step's parameter change
+                    on_train_batch_end           # the kept terms to the loggers (train/<term>_task<t>)
                 on_train_epoch_end               # report_non_finite: the epoch's first NaN/inf loss, if any
         after_task(task)                         # consolidate: Fisher, anchors, buffer, masks, bases
         (runner) evaluate every task -> row t; geometry checks of tasks < t, then task t's snapshot
@@ -294,6 +295,20 @@ class ContinualModule(L.LightningModule):
         self.terms = {name: v.detach() for name, v in terms.items() if v is not None}
         for name, v in self.terms.items():
             self.term_sums[name] = self.term_sums[name] + v if name in self.term_sums else v
+
+    def add_term(self, name: str, value: Tensor) -> None:
+        """One more named quantity of this step, kept like the loss terms (e.g. the share of the gradient a
+        projection removed, recorded from ``transform_gradients``)."""
+        v = value.detach()
+        self.terms[name] = v
+        self.term_sums[name] = self.term_sums[name] + v if name in self.term_sums else v
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the optimiser step: every kept term of the step to the loggers, ``train/<term>_task<t>``
+        (Lightning writes them every ``log_every_n_steps``; nothing is read on the host here)."""
+        if self._trainer is not None and self.trainer.loggers:
+            for name, v in self.terms.items():
+                self.log(f"train/{name}_task{self.current_task}", v, on_step=True, on_epoch=False)
 
     def on_train_epoch_start(self) -> None:
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)

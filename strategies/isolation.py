@@ -514,11 +514,16 @@ class ProjectedUpdates(ContinualModule):
 
     @torch.no_grad()
     def transform_gradients(self) -> None:
+        """The gradient g <- (I - P) g, and the term ``projection_removed`` = ||P g|| / ||g|| (0: nothing removed)."""
         if not self.has_basis():
             return
         params = self.projected_parameters()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        for p, g in zip(params, self.project(grads)):
+        kept = self.project(grads)
+        g_sq = torch.stack([g.square().sum() for g in grads]).sum()
+        removed_sq = torch.stack([(g - k).square().sum() for g, k in zip(grads, kept)]).sum()
+        self.add_term("projection_removed", (removed_sq / g_sq.clamp_min(1e-30)).sqrt())
+        for p, g in zip(params, kept):
             p.grad = g
 
     def guarded_parameters(self) -> list[nn.Parameter]:

@@ -443,3 +443,42 @@ def test_under_a_wandb_agent_the_summary_waits_for_report(tmp_path: Path, monkey
     assert report.returncode == 0, report.stderr[-2000:]
     (summary,) = runs_by_name(tmp_path)["dash/summary"]
     assert summary.run["run_id"] != "agentrun7" and summary.run["job_type"] == "summary"
+
+
+def test_every_loss_term_and_the_projected_share_reach_the_loggers(tmp_path: Path) -> None:
+    """CSV rows (the same scalars as W&B): per logged step, the total loss is the sum of the strategy's terms
+    (EWC+ER: the task loss over [x; replay draw] plus the penalty; DER: the task loss plus the logit replay);
+    OGD's removed gradient share lies in (0, 1] once it has a basis."""
+    out = tmp_path / "terms"
+    assert main(["run", "scenario.n_tasks=2", "trainer.epochs=1", "trainer.batch_size=8", "trainer.num_threads=1",
+                 "strategy=[ewc+er,der,ogd]", "settings=[class_il]", "seeds=[0]", "sweep.workers=1",
+                 "checks.enabled=false", "logger.use=[csv]", "logger.log_every_n_steps=5",
+                 f"output.dir={out}"]) == 0
+    def rows(label: str) -> list[dict[str, float]]:
+        (path,) = (out / "logs" / "csv" / "class_il" / label / "seed0").rglob("metrics.csv")
+        with open(path, newline="") as fh:
+            return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(fh)]
+
+    for label, terms in (("ewc+er", ("task_loss", "penalty")), ("der", ("task_loss", "replay_loss"))):
+        logged = [r for r in rows(label) if "train/loss_task1" in r]
+        assert len(logged) >= 3
+        for r in logged:
+            assert set(k for k in r if k.startswith("train/") and k.endswith("_task1")) == {
+                "train/loss_task1", *(f"train/{t}_task1" for t in terms)}
+            total = sum(r[f"train/{t}_task1"] for t in terms)
+            assert r["train/loss_task1"] == pytest.approx(total, rel=1e-5)
+            assert r[f"train/{terms[1]}_task1"] > 0
+    ogd = rows("ogd")
+    assert not any("train/projection_removed_task0" in r for r in ogd)  # no basis during task 0
+    removed = [r["train/projection_removed_task1"] for r in ogd if "train/projection_removed_task1" in r]
+    assert removed and all(0 < v <= 1 for v in removed)
+
+
+def test_the_wandb_history_holds_each_term_summing_to_the_loss(experiment: SimpleNamespace) -> None:
+    (run,) = experiment.runs["class_il/ewc/seed0"]
+    rows = [r for r in run.history if "train/loss_task1" in r]
+    assert rows
+    for r in rows:
+        assert r["train/loss_task1"] == pytest.approx(r["train/task_loss_task1"] + r["train/penalty_task1"], rel=1e-5)
+    (naive,) = experiment.runs["class_il/naive/seed0"]
+    assert not any("train/penalty_task1" in r for r in naive.history)  # naive has no penalty term
