@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cl_bench.results import fsync_folder, writing
+from cl_bench.results import write_atomic
 
 
 def rng_state() -> dict[str, Any]:
@@ -42,21 +41,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder;
-    a failed write (e.g. a full disk) is an :class:`~cl_bench.results.OutputWriteError` naming ``path``."""
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_folder(path.parent)
+    """``torch.save`` through :func:`~cl_bench.results.write_atomic` (temporary file, fsync, rename, folder
+    fsync); a failed write (e.g. a full disk) is an :class:`~cl_bench.results.OutputWriteError` naming ``path``."""
+    write_atomic(path, lambda fh: torch.save(payload, fh))
 
 
 class CorruptCheckpointWarning(UserWarning):

@@ -7,11 +7,11 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SCHEMA_VERSION = 1
 
@@ -106,8 +106,9 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text to a temporary file in the same folder, fsync, then rename over ``path``."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder;
+    a failed write (e.g. a full disk) is an :class:`OutputWriteError` naming ``path``."""
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,8 +117,8 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -125,6 +126,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
         fsync_folder(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """:func:`write_atomic` of ``text`` (UTF-8)."""
+    write_atomic(path, lambda fh: fh.write(text.encode()))
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
