@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
 from cl_bench.results import RunResult
 
+from . import plots
 from .plots import _plain_ticks
 from .table import records
 
@@ -230,19 +230,12 @@ def claims_table(claims: Sequence[tuple[str, str, bool | None]]) -> list[str]:
 # ------------------------------------------------------------------------------------------ figures
 def _colours(names: Sequence[Any]) -> dict[Any, Any]:
     """One colour per name."""
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return dict(zip(names, plots._colours(len(names))))
 
 
 def _symlog(ax: Axes, values: Sequence[float]) -> None:
-    nz = np.abs(np.array([v for v in values if math.isfinite(v) and v != 0]))
-    ax.set_yscale("symlog", linthresh=float(max(np.percentile(nz, 10), 1e-6)) if nz.size else 1.0)
+    finite = np.array([v for v in values if math.isfinite(v)], dtype=float)
+    ax.set_yscale("symlog", linthresh=plots._linthresh(finite))
 
 
 def pairs_vs_distance_figure(pairs: Sequence[Pair], families: dict[str, str], value: Callable[[Pair], float],
@@ -279,7 +272,7 @@ def pairs_vs_distance_figure(pairs: Sequence[Pair], families: dict[str, str], va
         ax.legend(fontsize=7, loc="upper left")
     axes[0].set_ylabel(ylabel)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return plots._save(fig, path)
 
 
 def method_curves_figure(table: dict[tuple[str, float], list[dict[str, float]]], families: dict[str, str],
@@ -306,7 +299,7 @@ def method_curves_figure(table: dict[tuple[str, float], list[dict[str, float]]],
         ax.legend(fontsize=7)
     axes[0].set_ylabel("accuracy forgetting R[o][o] - R[t][o], mean over pairs")
     fig.suptitle("forgetting against update size, one point per learning rate (mean ± std over seeds)", fontsize=10)
-    return _save(fig, path)
+    return plots._save(fig, path)
 
 
 def taylor_figure(pairs: Sequence[Pair], path: Path) -> Path:
@@ -332,7 +325,7 @@ def taylor_figure(pairs: Sequence[Pair], path: Path) -> Path:
     axes[0].set_ylabel(r"measured $E = L_o(\theta_t) - L_o(\theta_o^*)$ (nats)")
     fig.suptitle("SGD: Taylor value at the anchor against the measured forgetting, one point per (o, t, seed)",
                  fontsize=10)
-    return _save(fig, path)
+    return plots._save(fig, path)
 
 
 #: loss changes below this many nats are float32 rounding (a loss near 1 resolves 2^-23 ~ 1.2e-7, summed over the
@@ -394,7 +387,7 @@ def perturbation_figure(results: Sequence[RunResult], path: Path) -> Path:
     right.set_title("SGD anchors: top eigenvectors against random directions", fontsize=10)
     right.grid(True, alpha=0.3)
     right.legend(fontsize=8)
-    return _save(fig, path)
+    return plots._save(fig, path)
 
 
 def isolation_figure(results: Sequence[RunResult], path: Path) -> Path:
@@ -412,7 +405,7 @@ def isolation_figure(results: Sequence[RunResult], path: Path) -> Path:
         ax.axhline(0, color="black", lw=0.5)
     fig.suptitle("Rotated-MNIST, task identity at inference: forgetting per strategy (mean ± std over seeds)",
                  fontsize=10)
-    return _save(fig, path)
+    return plots._save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ reports
