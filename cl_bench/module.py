@@ -292,9 +292,10 @@ class ContinualModule(L.LightningModule):
     def keep_terms(self, terms: dict[str, Tensor | None]) -> None:
         """Each term's value at this step (``terms``) and its sum over the epoch's steps (``term_sums``),
         detached, on the device; a term that is None at a step adds nothing."""
-        self.terms = {name: v.detach() for name, v in terms.items() if v is not None}
-        for name, v in self.terms.items():
-            self.term_sums[name] = self.term_sums[name] + v if name in self.term_sums else v
+        self.terms = {}
+        for name, v in terms.items():
+            if v is not None:
+                self.add_term(name, v)
 
     def add_term(self, name: str, value: Tensor) -> None:
         """One more named quantity of this step, kept like the loss terms (e.g. the share of the gradient a
