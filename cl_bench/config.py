@@ -45,12 +45,16 @@ class ConfigError(ValueError):
     """A configuration mistake; the message names the key and what to fix."""
 
 
+AUTO_STEPS_PER_CALL = 16  # optimiser steps per Lightning step: Lightning's per-step cost spread over 16
+
+
 @dataclass
 class TrainerConfig:
     """Lightning Trainer and batching settings of every task."""
 
     epochs: int = 1
     max_steps: int = -1  # per task; -1 = run the epochs
+    steps_per_call: Any = "auto"  # optimiser steps per Lightning training_step; see chunk_size
     batch_size: int = 32
     eval_batch_size: int = 1024
     train_loss_probe: int = 1000
@@ -73,9 +77,19 @@ class TrainerConfig:
             raise ValueError(f"train_loss_probe must be >= 0, got {self.train_loss_probe}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be -1 (off) or >= 1, got {self.max_steps}")
+        spc = self.steps_per_call
+        if spc != "auto" and (isinstance(spc, bool) or not isinstance(spc, int) or spc < 1):
+            raise ValueError(f"steps_per_call must be 'auto' or an integer >= 1, got {spc!r}")
         valid = precision_values()
         if str(self.precision) not in valid:
             raise ValueError(f"precision={self.precision!r} is not one of Lightning's: {', '.join(valid)}")
+
+    def chunk_size(self, log_every_n_steps: int | None = None) -> int:
+        """Optimiser steps per Lightning ``training_step``: ``steps_per_call``, or with ``auto``
+        :data:`AUTO_STEPS_PER_CALL`, no more than ``log_every_n_steps`` when loggers read every n steps."""
+        if self.steps_per_call != "auto":
+            return int(self.steps_per_call)
+        return min(AUTO_STEPS_PER_CALL, log_every_n_steps or AUTO_STEPS_PER_CALL)
 
 
 def precision_values() -> tuple[str, ...]:

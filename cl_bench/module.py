@@ -16,22 +16,23 @@ Order of events of a run::
         before_task(task)                        # may touch: any state; the network is about to train
         for phase in phases(task)                # each phase is one Trainer.fit (default: "train")
             before_phase(phase, task)            # e.g. PackNet prunes before "retrain", GDumb re-draws weights
-            Trainer.fit(batches(phase, task)):
+            Trainer.fit(chunks of batches(phase, task)):
                 configure_optimizers             # a fresh optimiser per phase
                 on_train_start                   # Lightning's hook; masks and bases are read here
-                for each minibatch (x, y, t):
-                    training_step:
+                for each chunk of trainer.steps_per_call minibatches:
+                    training_step(chunk): for each minibatch (x, y, t), one optimise():
+                        StepCallback.on_step_start   # e.g. the leakage check's per-step parameter change
                         task_loss(step)          # the current batch's term; fills step.logits
                         replay_loss(step)        # stored examples or a stored model (0 by default)
                         penalty()                # a function of the parameters only (0 by default)
                         keep_terms               # each term's value (terms) and epoch sum (term_sums), on the device
                         observe(step)            # after the loss: add the batch to a buffer
                         check_finite(loss)       # kept on the device; raised at the epoch's end
-                    backward
-                    transform_gradients()        # from on_before_optimizer_step: surgery, masks, projections
-                    optimizer.step()
-                    transform_update(before)     # from optimizer_step: the step's parameter change
-                    on_train_batch_end           # the kept terms to the loggers (train/<term>_task<t>)
+                        backward
+                        transform_gradients()    # surgery, masks, projections
+                        optimizer.step()
+                        transform_update(before) # the step's parameter change
+                    on_train_batch_end           # the last step's terms to the loggers (train/<term>_task<t>)
                 on_train_epoch_end               # report_non_finite: the epoch's first NaN/inf loss, if any
         after_task(task)                         # consolidate: Fisher, anchors, buffer, masks, bases
         (runner) evaluate every task -> row t; geometry checks of tasks < t, then task t's snapshot
@@ -54,7 +55,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import lightning as L
 import torch
@@ -127,6 +128,17 @@ class Step:
     features: Tensor | None = None  # [B, F] backbone features, where a task term computes them
 
 
+Batch = tuple[Tensor, Tensor, Tensor]  # (x [B, ...], y [B], t [B])
+
+
+class StepCallback(L.Callback):
+    """A Lightning callback that also runs before every optimiser step (Lightning's batch hooks run once
+    per chunk of ``trainer.steps_per_call`` steps)."""
+
+    def on_step_start(self, module: ContinualModule) -> None:
+        """Before the step's loss; may read the module, must not change it."""
+
+
 @dataclass(frozen=True)
 class Phase:
     """One ``Trainer.fit`` of a task: ``name`` says what it does, ``epochs`` overrides ``trainer.epochs``."""
@@ -154,6 +166,7 @@ class ContinualModule(L.LightningModule):
     _setting: str | None
     _bad_step: Tensor  # [] long: batch index of the epoch's first non-finite loss, -1: none
     _bad_loss: Tensor  # [] that loss
+    epoch_step: int  # optimiser steps taken in the current epoch
     terms: dict[str, Tensor]  # the last step's task_loss / replay_loss / penalty (detached, on the device)
     term_sums: dict[str, Tensor]  # their sums over the epoch's steps
 
@@ -175,6 +188,9 @@ class ContinualModule(L.LightningModule):
         self.register_buffer("class_mask", scenario.class_mask(), persistent=False)
         self.current_task = 0
         self.phase = Phase()
+        self.automatic_optimization = False  # training_step runs the optimiser steps of a chunk itself
+        self.steps_in_epoch = 0  # the epoch's minibatches, set by the runner before each fit
+        self._step_callbacks: list[StepCallback] = []
         self.on_train_epoch_start()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -265,8 +281,36 @@ class ContinualModule(L.LightningModule):
         """After the optimiser step: rewrite ``params`` given their values ``before`` it (no grad)."""
 
     # ------------------------------------------------------------- training
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, chunk: list[Batch] | Batch, chunk_idx: int) -> None:
+        """One Lightning step: one optimiser step per minibatch of ``chunk`` (a list of
+        ``trainer.steps_per_call`` of them, fewer at the end of the epoch; or one minibatch), in order;
+        stops at ``trainer.max_steps``."""
+        optimizer = self.optimizers()
+        for batch in chunk if isinstance(chunk, list) else [chunk]:
+            if 0 <= self.trainer.max_steps <= self.trainer.global_step:
+                return
+            self.optimise(batch, cast(torch.optim.Optimizer, optimizer))
+
+    def optimise(self, batch: Batch, optimizer: torch.optim.Optimizer) -> None:
+        """One optimiser step on one minibatch, every event in order (the module docstring's list)."""
+        for callback in self._step_callbacks:
+            callback.on_step_start(self)
         step = Step(*batch)
+        loss = self.step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.transform_gradients()
+        params = self.guarded_parameters()
+        before = [p.detach().clone() for p in params]
+        optimizer.step()
+        if params:
+            with torch.no_grad():
+                self.transform_update(params, before)
+        self.epoch_step += 1
+
+    def step_loss(self, step: Step) -> Tensor:
+        """``task_loss + replay_loss + penalty`` of one minibatch; keeps the terms, observes the batch and
+        checks the loss is finite (on the device)."""
         loss = self.task_loss(step)
         terms = {"task_loss": loss, "replay_loss": self.replay_loss(step), "penalty": self.penalty()}
         for term in (terms["replay_loss"], terms["penalty"]):
@@ -274,20 +318,9 @@ class ContinualModule(L.LightningModule):
                 loss = loss + term
         self.keep_terms(terms)
         self.observe(step)
-        self.check_finite(loss, batch_idx)
+        self.check_finite(loss, self.epoch_step)
         self.log_step(loss)
         return loss
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.transform_gradients()
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        params = self.guarded_parameters()
-        before = [p.detach().clone() for p in params]
-        optimizer.step(closure=optimizer_closure)
-        if params:
-            with torch.no_grad():
-                self.transform_update(params, before)
 
     def keep_terms(self, terms: dict[str, Tensor | None]) -> None:
         """Each term's value at this step (``terms``) and its sum over the epoch's steps (``term_sums``),
@@ -311,7 +344,13 @@ class ContinualModule(L.LightningModule):
             for name, v in self.terms.items():
                 self.log(f"train/{name}_task{self.current_task}", v, on_step=True, on_epoch=False)
 
+    def on_fit_start(self) -> None:
+        """The callbacks that run before every optimiser step (:class:`StepCallback`)."""
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
+        self._step_callbacks = [cb for cb in callbacks if isinstance(cb, StepCallback)]
+
     def on_train_epoch_start(self) -> None:
+        self.epoch_step = 0
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_loss = torch.zeros((), device=self.device)
         self.terms = {}

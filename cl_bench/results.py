@@ -48,6 +48,7 @@ class RunResult:
     train_loss_init: list[float] = field(default_factory=list)
     confusion: list[list[list[list[int]]]] = field(default_factory=list)  # [t][j][label][predicted] (logger.confusion)
     task_sizes: dict[str, list[int]] = field(default_factory=dict)
+    steps: list[int] = field(default_factory=list)  # optimiser steps taken in each task (all its phases)
     metrics: dict[str, float | None] = field(default_factory=dict)
     metrics_per_task: dict[str, list[float]] = field(default_factory=dict)
     metrics_undefined: dict[str, str] = field(default_factory=dict)

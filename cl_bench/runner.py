@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Sized, cast
 
 import lightning as L
 import torch
@@ -36,7 +36,7 @@ from torch import Tensor
 from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
 from cl_bench.data import DatasetError, Scenario, Task, TaskBatches, build_scenario, iterate_eval
-from cl_bench.data.batching import Augment
+from cl_bench.data.batching import Augment, Chunks
 from cl_bench.data.sources import resolve_root, source_fingerprint
 from cl_bench.geometry import ChecksConfig, GeometryTracker
 from cl_bench.loggers import LoggerConfig, RunLogger, logger_config
@@ -323,26 +323,31 @@ def train_task(runs: list[RunState], task: Task, task_ids: Tensor) -> tuple[int,
     loggers = [lg for r in runs if r.run_logger is not None for lg in r.run_logger.lightning_loggers()] or None
     log_every = next((r.run_logger.cfg.log_every_n_steps for r in runs if r.run_logger is not None), 10)
 
+    k = cfg.chunk_size(log_every if loggers else None)
+
     def new_trainer(phase: Phase) -> L.Trainer:
         callbacks = [r.tracker.callback() for r in runs if r.tracker is not None] or None
-        return make_trainer(cfg, loggers, callbacks, log_every, epochs=phase.epochs)
+        return make_trainer(cfg, loggers, callbacks, max(1, log_every // k), epochs=phase.epochs)
 
     t0 = time.perf_counter()
     module.before_task(task)
-    steps = fit_phases(module, task, batches, new_trainer)
+    steps = fit_phases(module, task, batches, new_trainer, k)
     t1 = time.perf_counter()
     module.after_task(task)
     return steps, t1 - t0, time.perf_counter() - t1
 
 
 def fit_phases(module: ContinualModule, task: Task, batches: Iterable[Any],
-               new_trainer: Callable[[Phase], L.Trainer]) -> int:
-    """Every phase of ``task``: ``before_phase``, then one fit of a new Trainer; returns the optimiser steps."""
+               new_trainer: Callable[[Phase], L.Trainer], steps_per_call: int = 1) -> int:
+    """Every phase of ``task``: ``before_phase``, then one fit of a new Trainer over the phase's minibatches
+    in chunks of ``steps_per_call`` (one ``training_step`` each); returns the optimiser steps."""
     steps = 0
     for phase in module.phases(task):
         module.before_phase(phase, task)
         trainer = new_trainer(phase)
-        trainer.fit(module, train_dataloaders=module.batches(phase, batches))
+        phase_batches = module.batches(phase, batches)
+        module.steps_in_epoch = len(cast(Sized, phase_batches))
+        trainer.fit(module, train_dataloaders=Chunks(phase_batches, steps_per_call))
         steps += trainer.global_step
     return steps
 
@@ -364,6 +369,7 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     if row.confusion:
         result.confusion.append(row.confusion)
     result.strategy_memory_bytes.append(module.state_bytes())
+    result.steps.append(steps)
     if run.run_logger is not None:
         run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps, confusion=row.confusion or None)
         if len(result.acc) == len(run.schedule):

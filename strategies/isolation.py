@@ -44,7 +44,7 @@ from cl_bench.data import Scenario, Task, iterate_eval
 from cl_bench.geometry import lanczos, make_operator, module_objective
 from cl_bench.layout import flat_params, flatten, layout_mask, unflatten
 from cl_bench.models import MLP, Backbone, MultiHead
-from cl_bench.module import ContinualModule, OptimizerConfig, Phase, eval_mode
+from cl_bench.module import ContinualModule, OptimizerConfig, Phase, Step, eval_mode
 from cl_bench.registry import register
 
 PROJECT_MODES = ("gradient", "update")
@@ -396,9 +396,10 @@ class HAT(MaskedUpdates):
         return head(h, task_ids) if isinstance(head, MultiHead) else head(h)
 
     # ------------------------------------------------------------------- training
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor | None:
-        self._s = self.anneal(batch_idx + 1, int(self.trainer.num_training_batches))
-        return super().training_step(batch, batch_idx)
+    def task_loss(self, step: Step) -> Tensor:
+        """The annealed gate scale of this step (``anneal``), then the base task term."""
+        self._s = self.anneal(self.epoch_step + 1, self.steps_in_epoch)
+        return super().task_loss(step)
 
     def penalty(self) -> Tensor:
         """The capacity term c * sum a^t (1 - a^{<t}) / sum (1 - a^{<t}), summed over layers and units."""

@@ -26,7 +26,7 @@ from cl_bench.data.batching import to_float
 from cl_bench.data.task import Scenario, Task
 from cl_bench.layout import grad_of, grad_vector, write_grad
 from cl_bench.models import Backbone, MultiHead, reinitialise
-from cl_bench.module import ContinualModule, OptimizerConfig, Phase, Step
+from cl_bench.module import Batch, ContinualModule, OptimizerConfig, Phase, Step
 from cl_bench.registry import register
 
 
@@ -450,15 +450,6 @@ class GDumb(ReplayModule):
     Params = GDumbParams
     buffer_policy = "class_balanced"
 
-    @property
-    def automatic_optimization(self) -> bool:
-        """The stream phase only fills the memory: no optimiser step."""
-        return self.phase.name != "stream"
-
-    @automatic_optimization.setter
-    def automatic_optimization(self, value: bool) -> None:
-        """Lightning's default; the phase decides."""
-
     def phases(self, task: Task) -> list[Phase]:
         return [Phase("stream"), Phase("memory", epochs=self.params.fit_epochs)]
 
@@ -470,11 +461,12 @@ class GDumb(ReplayModule):
         if phase.name == "memory":  # training from scratch: fresh weights under model.init
             reinitialise(self.backbone)
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor | None:
+    def optimise(self, batch: Batch, optimizer: torch.optim.Optimizer) -> None:
+        """The stream phase only fills the memory (no optimiser step); the memory phase trains."""
         if self.phase.name == "stream":
             self.buffer.add(*batch)
-            return None
-        return super().training_step(batch, batch_idx)
+        else:
+            super().optimise(batch, optimizer)
 
 
 class MemoryBatches:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from cl_bench.cli import main
 from cl_bench.layout import flat_params
-from cl_bench.module import ContinualModule
+from cl_bench.module import ContinualModule, Step
 from cl_bench.registry import register, strategy_names
 
 
@@ -72,7 +72,7 @@ def test_a_strategy_with_a_new_family_runs_and_is_listed(tmp_path, capsys, own_r
 
 def test_import_flag_registers_a_strategy_from_the_users_folder(tmp_path, monkeypatch, capsys, own_registry) -> None:
     (tmp_path / "user_strategy_mod.py").write_text(
-        "from cl_bench.module import ContinualModule\nfrom cl_bench.registry import register\n\n\n"
+        "from cl_bench.module import ContinualModule, Step\nfrom cl_bench.registry import register\n\n\n"
         "@register('user_naive')\nclass UserNaive(ContinualModule):\n"
         "    \"\"\"Fine-tuning, from the user's file.\"\"\"\n"
         "    family = 'user'\n")
@@ -91,7 +91,6 @@ def test_ewc_plus_er_trains_with_both_terms_and_no_new_class(tmp_path) -> None:
     import torch.nn.functional as F
 
     from cl_bench.config import build_plan, load_config
-    from cl_bench.module import Step
     from cl_bench.registry import get_strategy
     from cl_bench.runner import build_module, load_scenario, run_one
 
@@ -122,7 +121,7 @@ def test_ewc_plus_er_trains_with_both_terms_and_no_new_class(tmp_path) -> None:
     ce = F.cross_entropy(module(torch.cat([x, b.x]), torch.cat([t, b.t])), torch.cat([y, b.y]))
     expected = ce + module.penalty()
     torch.manual_seed(3)
-    torch.testing.assert_close(module.training_step((x, y, t), 0), expected)
+    torch.testing.assert_close(module.step_loss(Step(x, y, t)), expected)
     assert module.buffer.size == 16  # ER's observe stored the batch
     assert float(module.penalty()) > 0
 

@@ -103,7 +103,7 @@ def test_projected_gradient_is_orthogonal_to_the_stored_basis(name: str) -> None
     for p in module.projected_parameters():
         p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
         raw.append(p.grad.clone())
-    module.on_before_optimizer_step(None)
+    module.transform_gradients()
     projected = torch.cat([p.grad.reshape(-1) for p in module.projected_parameters()])
     raw = torch.cat([r.reshape(-1) for r in raw])
     assert protected_share(module, projected) < 1e-12

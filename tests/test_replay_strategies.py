@@ -107,10 +107,10 @@ def test_surgery_hook_leaves_a_gradient_that_respects_the_memory(strategy):
     module.before_task(second)
     x = module.to_input(second.x_train[:16])
     y = second.y_train[:16]
-    loss = module.training_step((x, y, torch.full_like(y, 1)), 0)
+    loss = module.step_loss(Step(x, y, torch.full_like(y, 1)))
     module.zero_grad()
     loss.backward()
-    module.on_before_optimizer_step(None)
+    module.transform_gradients()
     mem = module.buffer.data()  # all of task 0's memory (the A-GEM draw is the whole memory here)
     ref = flat_grad(F.cross_entropy(module(mem.x, mem.t), mem.y), module.network())
     g_plain = flat_grad(F.cross_entropy(module(x, torch.full_like(y, 1)), y), module.network())
@@ -133,7 +133,7 @@ def test_der_stores_the_logits_it_saw_and_replays_them():
         t = torch.zeros_like(y)
         seen_x.append(x)
         seen_logits.append(module(x, t).detach())  # what the network outputs at this step
-        loss = module.training_step((x, y, t), step)
+        loss = module.step_loss(Step(x, y, t))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -149,7 +149,7 @@ def test_der_stores_the_logits_it_saw_and_replays_them():
     assert float(term.detach()) > 0  # the network moved since those logits were stored
     fresh = build_module(spec, scenario)
     x, y = module.to_input(task.x_train[:16]), task.y_train[:16]
-    fresh.training_step((x, y, torch.zeros_like(y)), 0)  # stores its own logits, no update
+    fresh.step_loss(Step(x, y, torch.zeros_like(y)))  # stores its own logits, no update
     # its stored logits are its outputs: 0 up to the summation order of a different batch shape
     assert float(fresh.replay_loss(Step(x, y, torch.zeros_like(y))).detach()) < 1e-12
 

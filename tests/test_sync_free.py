@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
 
 import pytest
 import torch
@@ -120,12 +119,12 @@ def test_a_training_step_reads_nothing_on_the_host(monkeypatch, strategy: str) -
     task0, task1 = scenario.tasks[:2]
     module.before_task(task0)
     batch0 = (module_input(task0, scenario), task0.y_train[:32], torch.zeros(32, dtype=torch.long))
-    module.training_step(batch0, 0)
+    module.step_loss(Step(*batch0))
     module.after_task(task0)
     module.before_task(task1)
     batch = (module_input(task1, scenario), task1.y_train[:32], torch.ones(32, dtype=torch.long))
     with no_host_read(monkeypatch):
-        loss = cast(Tensor, module.training_step(batch, 0))
+        loss = module.step_loss(Step(*batch))
         loss.backward()
         module.transform_gradients()
     assert int(module._bad_step) == -1
@@ -152,13 +151,13 @@ def test_each_term_is_kept_per_step_and_summed_over_the_epoch_on_the_device(monk
     module, scenario = build("derpp")
     task0, task1 = scenario.tasks[:2]
     module.before_task(task0)
-    module.training_step((module_input(task0, scenario), task0.y_train[:32], torch.zeros(32, dtype=torch.long)), 0)
+    module.step_loss(Step(module_input(task0, scenario), task0.y_train[:32], torch.zeros(32, dtype=torch.long)))
     assert set(module.terms) == {"task_loss"}  # empty buffer: no replay term; DER++ has no penalty
     first = module.terms["task_loss"]
     module.before_task(task1)
     batch = (module_input(task1, scenario), task1.y_train[:32], torch.ones(32, dtype=torch.long))
     with no_host_read(monkeypatch):
-        loss = cast(Tensor, module.training_step(batch, 1))
+        loss = module.step_loss(Step(*batch))
     assert set(module.terms) == {"task_loss", "replay_loss"} and not module.terms["replay_loss"].requires_grad
     assert torch.equal(loss.detach(), module.terms["task_loss"] + module.terms["replay_loss"])
     assert torch.equal(module.term_sums["task_loss"], first + module.terms["task_loss"])

@@ -9,7 +9,7 @@ permutation (and augmentation) from a generator seeded by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, cast
+from typing import Any, Iterable, Iterator, Sequence, Sized, cast
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +132,30 @@ class TaskBatches:
             if draws is not None:
                 xb = cast(Augment, self.augment).apply(xb, draws[0][sl], draws[1][sl])
             yield to_float(xb, self.stats), self.y[idx], self.t[idx]
+
+
+class Chunks:
+    """Consecutive groups of ``k`` minibatches of ``batches`` (the last group may be shorter), in the
+    order ``batches`` yields them: one Lightning ``training_step`` takes the optimiser steps of a group,
+    so the samples each step sees do not depend on ``k``."""
+
+    def __init__(self, batches: Iterable[Any], k: int) -> None:
+        if k < 1:
+            raise ValueError(f"a chunk holds at least one minibatch, got k={k}")
+        self.batches, self.k = batches, k
+
+    def __len__(self) -> int:
+        return -(-len(cast(Sized, self.batches)) // self.k)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        chunk: list[Any] = []
+        for batch in self.batches:
+            chunk.append(batch)
+            if len(chunk) == self.k:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
 
 def iterate_eval(x: Tensor, y: Tensor, batch_size: int, device: torch.device | str = "cpu",

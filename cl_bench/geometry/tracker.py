@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from cl_bench.data import Scenario, Task, iterate_eval
 from cl_bench.layout import ParamLayout, flat_params
 from cl_bench.models import MultiHead
-from cl_bench.module import eval_mode
+from cl_bench.module import ContinualModule, StepCallback, eval_mode
 from cl_bench.seeds import generator
 
 from .certificate import certificate
@@ -252,12 +252,12 @@ class GeometryTracker:
         }
 
 
-class LeakageCallback(L.Callback):
+class LeakageCallback(StepCallback):
     """C5: after every optimiser step s of task t, leak_o(s) = ||V_o^T d_s|| / ||d_s|| for each past o.
 
-    d_s is the parameter change between consecutive ``on_train_batch_start`` calls
-    (and ``on_train_end``), so projections applied by the module after the step
-    (in its own ``on_train_batch_end``) are included. One [P, K] x [P] product per
+    d_s is the parameter change between consecutive ``on_step_start`` calls
+    (and ``on_train_end``), so corrections the module applies after the optimiser step
+    (``transform_update``) are included. One [P, K] x [P] product per
     step (K = sum of stored k); values stay on the device until the checks run.
     """
 
@@ -289,9 +289,8 @@ class LeakageCallback(L.Callback):
         leak = per_task.sqrt() / norm.clamp_min(torch.finfo(d.dtype).tiny)
         self.tracker.add_step(self._t, torch.cat([norm[None], leak]))
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        self._measure(pl_module)
+    def on_step_start(self, module: ContinualModule) -> None:
+        self._measure(module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._measure(pl_module)
