@@ -55,6 +55,7 @@ class TrainerConfig:
     epochs: int = 1
     max_steps: int = -1  # per task; -1 = run the epochs
     steps_per_call: Any = "auto"  # optimiser steps per Lightning training_step; see chunk_size
+    compile: Any = "auto"  # the step as one compiled graph: auto (runs of >= AUTO_MIN_STEPS steps) | true | false
     batch_size: int = 32
     eval_batch_size: int = 1024
     train_loss_probe: int = 1000
@@ -80,6 +81,8 @@ class TrainerConfig:
         spc = self.steps_per_call
         if spc != "auto" and (isinstance(spc, bool) or not isinstance(spc, int) or spc < 1):
             raise ValueError(f"steps_per_call must be 'auto' or an integer >= 1, got {spc!r}")
+        if self.compile not in ("auto", True, False):
+            raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
         valid = precision_values()
         if str(self.precision) not in valid:
             raise ValueError(f"precision={self.precision!r} is not one of Lightning's: {', '.join(valid)}")

@@ -52,7 +52,8 @@ kept beside the network (a teacher) are named in ``frozen_copies``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -62,10 +63,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cl_bench.compiled import CompiledStep, why_not_compiled
 from cl_bench.data.task import Scenario, Task
 from cl_bench.layout import network_parameters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -162,6 +165,8 @@ class ContinualModule(L.LightningModule):
     frozen_copies: ClassVar[tuple[str, ...]] = ()
     #: True when training (terms, transforms, task hooks) reads ``self.setting``: one training per setting
     setting_in_training: ClassVar[bool] = False
+    #: False when the loss terms cannot be traced by ``torch.compile`` (see :mod:`cl_bench.compiled`)
+    compilable: ClassVar[bool] = True
     class_mask: Tensor  # registered buffer [T, n_outputs]
     _setting: str | None
     _bad_step: Tensor  # [] long: batch index of the epoch's first non-finite loss, -1: none
@@ -191,6 +196,10 @@ class ContinualModule(L.LightningModule):
         self.automatic_optimization = False  # training_step runs the optimiser steps of a chunk itself
         self.steps_in_epoch = 0  # the epoch's minibatches, set by the runner before each fit
         self._step_callbacks: list[StepCallback] = []
+        self.compile_step = False  # the runner's trainer.compile decision for this run
+        self.step_graph: CompiledStep | None = None
+        self._compile_refused = False
+        self.fit_steps = 0  # optimiser steps of the current fit
         self.on_train_epoch_start()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -285,44 +294,77 @@ class ContinualModule(L.LightningModule):
         """One Lightning step: one optimiser step per minibatch of ``chunk`` (a list of
         ``trainer.steps_per_call`` of them, fewer at the end of the epoch; or one minibatch), in order;
         stops at ``trainer.max_steps``."""
-        optimizer = self.optimizers()
+        optimizer = cast(torch.optim.Optimizer, self.optimizers())
+        raw = cast(Any, optimizer).optimizer  # the torch optimiser inside Lightning's wrapper
+        if self.compile_step and not self._compile_refused and (
+                self.step_graph is None or (self.step_graph.optimizer is not raw and not self.step_graph.rebind(raw))):
+            self.step_graph = self.compiled_step(raw)
         for batch in chunk if isinstance(chunk, list) else [chunk]:
-            if 0 <= self.trainer.max_steps <= self.trainer.global_step:
+            if 0 <= self.trainer.max_steps <= self.fit_steps:
+                self.trainer.should_stop = True
                 return
-            self.optimise(batch, cast(torch.optim.Optimizer, optimizer))
+            self.optimise(batch, optimizer)
 
     def optimise(self, batch: Batch, optimizer: torch.optim.Optimizer) -> None:
         """One optimiser step on one minibatch, every event in order (the module docstring's list)."""
         for callback in self._step_callbacks:
             callback.on_step_start(self)
         step = Step(*batch)
-        loss = self.step_loss(step)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        self.transform_gradients()
-        params = self.guarded_parameters()
-        before = [p.detach().clone() for p in params]
-        optimizer.step()
-        if params:
-            with torch.no_grad():
-                self.transform_update(params, before)
+        if self.step_graph is not None:
+            loss, terms, step.logits = self.step_graph(step)
+            self.after_loss(step, loss, terms)
+        else:
+            loss = self.step_loss(step)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            self.transform_gradients()
+            params = self.guarded_parameters()
+            before = [p.detach().clone() for p in params]
+            optimizer.step()
+            if params:
+                with torch.no_grad():
+                    self.transform_update(params, before)
         self.epoch_step += 1
+        self.fit_steps += 1
+
+    def loss_terms(self, step: Step) -> dict[str, Tensor | None]:
+        """The step's terms by name (None: the strategy has no such term)."""
+        return {"task_loss": self.task_loss(step), "replay_loss": self.replay_loss(step), "penalty": self.penalty()}
 
     def step_loss(self, step: Step) -> Tensor:
-        """``task_loss + replay_loss + penalty`` of one minibatch; keeps the terms, observes the batch and
-        checks the loss is finite (on the device)."""
-        loss = self.task_loss(step)
-        terms = {"task_loss": loss, "replay_loss": self.replay_loss(step), "penalty": self.penalty()}
+        """``task_loss + replay_loss + penalty`` of one minibatch, then :meth:`after_loss`."""
+        terms = self.loss_terms(step)
+        loss = cast(Tensor, terms["task_loss"])
         for term in (terms["replay_loss"], terms["penalty"]):
             if term is not None:
                 loss = loss + term
+        self.after_loss(step, loss, terms)
+        return loss
+
+    def after_loss(self, step: Step, loss: Tensor, terms: Mapping[str, Tensor | None]) -> None:
+        """Keep the terms, observe the batch, check the loss is finite (on the device), log it."""
         self.keep_terms(terms)
         self.observe(step)
         self.check_finite(loss, self.epoch_step)
         self.log_step(loss)
-        return loss
 
-    def keep_terms(self, terms: dict[str, Tensor | None]) -> None:
+    def compiled_step(self, optimizer: torch.optim.Optimizer) -> CompiledStep | None:
+        """The compiled step for ``optimizer`` (:mod:`cl_bench.compiled`), or None, said once, where the
+        strategy's step cannot be compiled."""
+        reason = why_not_compiled(self, optimizer)
+        if reason is None and self._trainer is not None:
+            if self.trainer.world_size > 1:
+                reason = "the compiled step does not synchronise gradients across processes"
+            elif str(self.trainer.precision) not in ("32-true", "64-true"):
+                reason = f"the compiled step has no mixed precision ({self.trainer.precision})"
+        if reason is not None:
+            if not self._compile_refused:
+                log.warning("trainer.compile: %s; training eagerly", reason)
+            self._compile_refused = True
+            return None
+        return CompiledStep(self, optimizer)
+
+    def keep_terms(self, terms: Mapping[str, Tensor | None]) -> None:
         """Each term's value at this step (``terms``) and its sum over the epoch's steps (``term_sums``),
         detached, on the device; a term that is None at a step adds nothing."""
         self.terms = {}
@@ -348,6 +390,7 @@ class ContinualModule(L.LightningModule):
         """The callbacks that run before every optimiser step (:class:`StepCallback`)."""
         callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
         self._step_callbacks = [cb for cb in callbacks if isinstance(cb, StepCallback)]
+        self.fit_steps = 0
 
     def on_train_epoch_start(self) -> None:
         self.epoch_step = 0

@@ -34,6 +34,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cl_bench.compiled import AUTO_MIN_STEPS
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
 from cl_bench.data import DatasetError, Scenario, Task, TaskBatches, build_scenario, iterate_eval
 from cl_bench.data.batching import Augment, Chunks
@@ -306,7 +307,18 @@ def start_group(specs: list[RunSpec], scenarios: list[Scenario], run_loggers: li
         module.load_state_dict(behind.saved["module"])
         set_rng_state(behind.saved["rng"])
     module.select_setting(specs[0].setting if len(specs) == 1 else None)
+    module.compile_step = wants_compile(runs[-1].trainer_cfg, runs[-1].schedule)
     return runs
+
+
+def wants_compile(cfg: TrainerConfig, schedule: list[tuple[Task, Tensor]]) -> bool:
+    """``trainer.compile``: true, false, or with ``auto`` whether the run takes at least
+    :data:`~cl_bench.compiled.AUTO_MIN_STEPS` optimiser steps (compiling takes seconds)."""
+    if cfg.compile != "auto":
+        return bool(cfg.compile)
+    per_epoch = sum(-(-task.n_train // cfg.batch_size) for task, _ in schedule)
+    steps = per_epoch * cfg.epochs if cfg.max_steps < 0 else min(per_epoch * cfg.epochs, cfg.max_steps * len(schedule))
+    return steps >= AUTO_MIN_STEPS
 
 
 def train_task(runs: list[RunState], task: Task, task_ids: Tensor) -> tuple[int, float, float]:
@@ -348,7 +360,7 @@ def fit_phases(module: ContinualModule, task: Task, batches: Iterable[Any],
         phase_batches = module.batches(phase, batches)
         module.steps_in_epoch = len(cast(Sized, phase_batches))
         trainer.fit(module, train_dataloaders=Chunks(phase_batches, steps_per_call))
-        steps += trainer.global_step
+        steps += module.fit_steps
     return steps
 
 
@@ -393,6 +405,8 @@ def finish(run: RunState, group: list[RunState]) -> RunResult:
     """Timings, the checks' summary, peak memory, the runs it shared its training with and the metric variants."""
     result = run.result
     result.timings.pop("elapsed", None)
+    if run.module.step_graph is not None:
+        result.timings["compile"] = run.module.step_graph.first_step_seconds
     result.timings["total"] = time.perf_counter() - run.start
     if run.tracker is not None:
         result.checks = run.tracker.summary()

@@ -180,6 +180,8 @@ class ReplayModule(GlobalModule):
     Params: ClassVar[type] = ReplayParams
     buffer_policy: ClassVar[str] = "reservoir"
     stores_logits: ClassVar[bool] = False
+    #: a draw of min(n, size) stored examples has a new shape at every step while the buffer fills
+    compilable: ClassVar[bool] = False
     input_mean: Tensor  # registered buffers [1, C, 1, 1] (empty: no normalisation)
     input_std: Tensor
 
