@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-avalanche", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time cl-bench with trainer.compile=true")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads for all three (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -92,6 +93,13 @@ def main() -> None:
     print(f"{'implementation':<14} {'seconds':>8} {'final ACC':>10} {'ratio vs raw':>13}")
     print(f"{'raw PyTorch':<14} {t_raw:8.2f} {sum(raw[-1]) / 5:10.4f} {1.0:13.2f}")
     print(f"{'cl-bench':<14} {t_ours:8.2f} {ours.metrics['acc']:10.4f} {t_ours / t_raw:13.2f}")
+    if args.compile:
+        compiled_spec = dataclasses.replace(spec, trainer={**spec.trainer, "compile": True})
+        t_c, comp = timed(lambda: run_one(compiled_spec, scenario), args.repeats)
+        first = sum(comp.timings.get("compile", []))
+        print(f"{'cl-bench comp.':<14} {t_c:8.2f} {comp.metrics['acc']:10.4f} {t_c / t_raw:13.2f}   "
+              f"(first compiled steps, compilation included: {first:.2f} s; without them: "
+              f"{(t_c - first) / t_raw:.2f}x raw)")
     if not args.no_avalanche:
         from avalanche.evaluation.metrics import accuracy_metrics
         from avalanche.training.plugins import EvaluationPlugin
@@ -111,9 +119,9 @@ def main() -> None:
 
         t_av, av = timed(avalanche_run, args.repeats)
         print(f"{'Avalanche':<14} {t_av:8.2f} {sum(av[-1]) / 5:10.4f} {t_av / t_raw:13.2f}")
-        print(f"cl-bench is {t_av / t_ours:.2f}x faster than Avalanche (target >= 3); an implementation as fast "
+        print(f"cl-bench is {t_av / t_ours:.2f}x faster than Avalanche (target >= 2.5); an implementation as fast "
               f"as the raw loop would be {t_av / t_raw:.2f}x faster")
-    print(f"cl-bench / raw loop = {t_ours / t_raw:.2f} (target <= 1.2)")
+    print(f"cl-bench / raw loop = {t_ours / t_raw:.2f} (target <= 0.9)")
 
 
 if __name__ == "__main__":
