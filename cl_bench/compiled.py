@@ -58,6 +58,10 @@ def why_not_compiled(module: ContinualModule, optimizer: torch.optim.Optimizer) 
     return None
 
 
+class NotCompilable(RuntimeError):
+    """The step's terms break the graph (e.g. a branch on a tensor's value); the message says where."""
+
+
 class _Terms(nn.Module):
     """``forward(x, y, t)`` = the module's loss terms, so that ``functional_call`` can swap its parameters."""
 
@@ -90,7 +94,7 @@ class CompiledStep:
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.first_step_seconds: list[float] = []  # per bound optimiser: its first step, compilation included
         self._first = True
-        self._fn: Callable[..., Any] = torch.compile(self._step)
+        self._fn: Callable[..., Any] = torch.compile(self._step, fullgraph=True)  # a graph break is an error
 
     def rebind(self, optimizer: torch.optim.Optimizer) -> bool:
         """Step with ``optimizer`` (a new phase's) from now on; False when its hyper-parameters differ."""
@@ -115,7 +119,8 @@ class CompiledStep:
         return loss, aux
 
     def __call__(self, step: Step) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-        """One step on ``step``: updates the parameters in place; returns the loss, the terms and the logits."""
+        """One step on ``step``: updates the parameters in place; returns the loss, the terms and the logits.
+        Raises :class:`NotCompilable` (before any update) when the terms cannot be traced into one graph."""
         state = self.optimizer.state
         bufs = []
         for p in self.params:
@@ -123,8 +128,11 @@ class CompiledStep:
                 state[p]["momentum_buffer"] = torch.zeros_like(p)
             bufs.append(state[p]["momentum_buffer"])
         t0 = time.perf_counter()
-        with torch.no_grad():
-            loss, (terms, logits) = self._fn([p.detach() for p in self.params], bufs, step.x, step.y, step.t)
+        try:
+            with torch.no_grad():
+                loss, (terms, logits) = self._fn([p.detach() for p in self.params], bufs, step.x, step.y, step.t)
+        except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as err:  # tracing: nothing ran yet
+            raise NotCompilable(str(err).splitlines()[0]) from err
         if self._first:
             self.first_step_seconds.append(time.perf_counter() - t0)
             self._first = False

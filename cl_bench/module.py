@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cl_bench.compiled import CompiledStep, why_not_compiled
+from cl_bench.compiled import CompiledStep, NotCompilable, why_not_compiled
 from cl_bench.data.task import Scenario, Task
 from cl_bench.layout import network_parameters
 
@@ -311,21 +311,29 @@ class ContinualModule(L.LightningModule):
             callback.on_step_start(self)
         step = Step(*batch)
         if self.step_graph is not None:
-            loss, terms, step.logits = self.step_graph(step)
-            self.after_loss(step, loss, terms)
+            try:
+                loss, terms, step.logits = self.step_graph(step)
+                self.after_loss(step, loss, terms)
+            except NotCompilable as err:
+                self.refuse_compile(f"{self.name}'s terms break the graph ({err})")
+                self.optimise_eagerly(step, optimizer)
         else:
-            loss = self.step_loss(step)
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self.transform_gradients()
-            params = self.guarded_parameters()
-            before = [p.detach().clone() for p in params]
-            optimizer.step()
-            if params:
-                with torch.no_grad():
-                    self.transform_update(params, before)
+            self.optimise_eagerly(step, optimizer)
         self.epoch_step += 1
         self.fit_steps += 1
+
+    def optimise_eagerly(self, step: Step, optimizer: torch.optim.Optimizer) -> None:
+        """Loss, backward, gradient transform, optimiser step and update correction, op by op."""
+        loss = self.step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.transform_gradients()
+        params = self.guarded_parameters()
+        before = [p.detach().clone() for p in params]
+        optimizer.step()
+        if params:
+            with torch.no_grad():
+                self.transform_update(params, before)
 
     def loss_terms(self, step: Step) -> dict[str, Tensor | None]:
         """The step's terms by name (None: the strategy has no such term)."""
@@ -358,11 +366,15 @@ class ContinualModule(L.LightningModule):
             elif str(self.trainer.precision) not in ("32-true", "64-true"):
                 reason = f"the compiled step has no mixed precision ({self.trainer.precision})"
         if reason is not None:
-            if not self._compile_refused:
-                log.warning("trainer.compile: %s; training eagerly", reason)
-            self._compile_refused = True
+            self.refuse_compile(reason)
             return None
         return CompiledStep(self, optimizer)
+
+    def refuse_compile(self, reason: str) -> None:
+        """Train eagerly from now on, saying why once."""
+        if not self._compile_refused:
+            log.warning("trainer.compile: %s; training eagerly", reason)
+        self._compile_refused, self.step_graph = True, None
 
     def keep_terms(self, terms: Mapping[str, Tensor | None]) -> None:
         """Each term's value at this step (``terms``) and its sum over the epoch's steps (``term_sums``),

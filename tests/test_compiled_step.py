@@ -81,6 +81,18 @@ def test_a_strategy_that_cannot_be_compiled_trains_eagerly_and_says_why(tmp_path
                                               torch.optim.Adam(module.parameters())))
 
 
+def test_terms_that_break_the_graph_fall_back_to_eager_steps_before_any_update(tmp_path: Path, caplog) -> None:
+    """LwF branches on a tensor's value: tracing fails at the first step, which then runs eagerly."""
+    spec = spec_for(tmp_path / "c", "strategy=lwf", "trainer.compile=true")
+    with caplog.at_level(logging.WARNING, logger="cl_bench.module"):
+        fallback = run_one(spec, load_scenario(spec))
+    said = [r.getMessage() for r in caplog.records if "trainer.compile" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("trainer.compile: lwf's terms break the graph (")
+    spec_e = spec_for(tmp_path / "e", "strategy=lwf", "trainer.compile=false")
+    eager = run_one(spec_e, load_scenario(spec_e))
+    assert (fallback.acc, fallback.loss) == (eager.acc, eager.loss)
+
+
 def test_auto_compiles_only_runs_long_enough_to_repay_the_compile_time(tmp_path: Path) -> None:
     spec = spec_for(tmp_path, "strategy=naive")
     schedule = build_module(spec, load_scenario(spec)).training_tasks(load_scenario(spec))
