@@ -259,7 +259,15 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
     from cl_bench.loggers import logger_config
     from cl_bench.metrics import HEADLINE
     from cl_bench.results import OutputWriteError, aggregate, save_result, write_json_atomic, write_text_atomic
-    from cl_bench.runner import RunInterrupted, add_intransigence, execute, folder_results, result_path, result_spec
+    from cl_bench.runner import (
+        RunInterrupted,
+        add_intransigence,
+        execute,
+        folder_results,
+        process_is_lead,
+        result_path,
+        result_spec,
+    )
 
     interactive = console.is_terminal and not os.environ.get("CI")
     results = []
@@ -286,6 +294,8 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
     except (RunInterrupted, KeyboardInterrupt) as err:
         print(str(err) or f"interrupted; {RESUME_HINT}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if not process_is_lead():  # another rank of a data-parallel run: rank 0 writes and prints
+        return 0
     order = {spec.run_id: i for i, spec in enumerate(plan.runs)}
     results.sort(key=lambda r: order[r.run_id])
     add_intransigence(results)

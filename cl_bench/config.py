@@ -127,15 +127,40 @@ class OutputConfig:
 EMPTY_OUTPUT_DIR = "dir is empty: name the output folder (e.g. output.dir=results/my_experiment) or leave it unset"
 
 
+SWEEP_BACKENDS = ("local", "ray")
+
+
+@dataclass
+class RayConfig:
+    """The Ray cluster the runs of ``sweep.backend=ray`` go to, and what each run asks of it."""
+
+    address: str | None = None  # null: a one-machine cluster for this command; "auto": the `ray start` one here
+    cpus_per_run: float = 1.0
+    gpus_per_run: float | None = None  # null: 1 for runs on a GPU accelerator, else 0
+    max_retries: int = 3  # a run whose worker dies is started again (from its last checkpoint) this many times
+
+    def __post_init__(self) -> None:
+        if not self.cpus_per_run > 0:
+            raise ValueError(f"ray.cpus_per_run must be > 0, got {self.cpus_per_run}")
+        if self.gpus_per_run is not None and self.gpus_per_run < 0:
+            raise ValueError(f"ray.gpus_per_run must be >= 0 (or null), got {self.gpus_per_run}")
+        if self.max_retries < 0:
+            raise ValueError(f"ray.max_retries must be >= 0, got {self.max_retries}")
+
+
 @dataclass
 class SweepConfig:
-    """How the runs of one experiment are executed on this machine."""
+    """How the runs of one experiment are executed: in this process, a local pool, or a Ray cluster."""
 
     workers: int = 1  # processes in the local pool; 1 = in this process
+    backend: str = "local"  # local | ray
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.backend not in SWEEP_BACKENDS:
+            raise ValueError(f"backend={self.backend!r}; valid: {', '.join(SWEEP_BACKENDS)}")
 
 
 @dataclass
@@ -173,6 +198,7 @@ class Plan:
     runs: list[RunSpec]
     config: DictConfig
     workers: int = 1
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 # ----------------------------------------------------------------- loading
@@ -399,7 +425,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     to_dataclass(ChecksConfig, cfg.get("checks"), "checks")
     sweep = to_dataclass(SweepConfig, cfg.get("sweep"), "sweep")
     out = Path(output.dir) if output.dir is not None else default_output_dir(cfg)
-    return Plan(name=name, output_dir=out, runs=runs, config=cfg, workers=sweep.workers)
+    return Plan(name=name, output_dir=out, runs=runs, config=cfg, workers=sweep.workers, sweep=sweep)
 
 
 def _check_finite(node: Any, where: str) -> None:

@@ -57,6 +57,7 @@ class RunResult:
     peak_memory: dict[str, int] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
     shared_training: list[str] = field(default_factory=list)  # runs trained by the same training (evaluation differs)
+    data_parallel: dict[str, Any] = field(default_factory=dict)  # world_size, per task: steps, samples per rank
     versions: dict[str, str] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None  # the resolved folder the data was read from (its files' digests: config.data)

@@ -55,8 +55,9 @@ from cl_bench.results import (
 )
 from cl_bench.seeds import derive_seed
 
-#: called after each task with (spec, task index, module); tests use it to interrupt a run
-TaskCallback = Callable[[RunSpec, int, ContinualModule], None]
+#: called after each task with (spec, task index, module); tests use it to interrupt a run. The module is
+#: None for a run trained in another process (sweep.backend=ray: reported from the run's checkpoints)
+TaskCallback = Callable[[RunSpec, int, ContinualModule | None], None]
 
 
 def quiet_lightning() -> None:
@@ -72,6 +73,92 @@ def quiet_lightning() -> None:
 def resolve_device(cfg: TrainerConfig) -> str:
     """The device the Trainer of ``cfg`` trains on (its root device: ``cuda:<i>`` for ``devices=[i]``,
     or ``cpu``); the module, its batches, the evaluator and the checks all live there."""
+    return str(_probe_trainer(cfg).strategy.root_device)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's global rank among the ``world_size`` processes that train one run together."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: the process that evaluates, checks, prints and writes."""
+        return self.rank == 0
+
+
+def trainer_ranks(cfg: TrainerConfig) -> Ranks:
+    """The ranks of the Trainers of ``cfg`` as Lightning resolves them: ``strategy=ddp`` with ``devices=N`` on
+    ``num_nodes`` machines is N x num_nodes processes, this one's rank read from the environment that
+    Lightning's launcher gives each process it starts (``LOCAL_RANK``, ``NODE_RANK``); else 0 of 1."""
+    trainer = _probe_trainer(cfg)
+    return Ranks(trainer.global_rank, trainer.world_size)
+
+
+def process_is_lead() -> bool:
+    """Whether this process is rank 0 of its data-parallel group (or trains alone)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+#: the CUDA devices (ids of :func:`visible_gpus`) this worker process was given; None: not a placed worker
+_ASSIGNED_GPUS: list[int] | None = None
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def visible_gpus() -> list[int]:
+    """The ids of the CUDA devices this process sees, in the order of its device ordinals: the entries of
+    ``CUDA_VISIBLE_DEVICES`` when they are integers (as Ray sets them), else ``0 .. device_count - 1``."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if len(listed) == count and all(d.isdigit() for d in listed):
+        return [int(d) for d in listed]
+    return list(range(count))
+
+
+def worker_gpus(slot: int, visible: list[int]) -> list[int]:
+    """The GPU of pool worker ``slot``: ``visible[slot mod len(visible)]`` (one each while there are
+    enough, then shared in turn); none without GPUs."""
+    return [visible[slot % len(visible)]] if visible else []
+
+
+def placed_devices(devices: Any, assigned: list[int], visible: list[int]) -> list[int]:
+    """``trainer.devices`` of a run in a worker given the GPU ids ``assigned`` to it, as device ordinals of
+    this process (ordinal i is the GPU of id ``visible[i]``): an explicit list of ids is honoured as given
+    (each must be visible), a count N (1, or -1 / "auto": all assigned) takes the first N assigned."""
+    if isinstance(devices, (list, tuple)):
+        wanted = [int(d) for d in devices]
+        missing = [d for d in wanted if d not in visible]
+        if missing:
+            raise ConfigError(f"trainer.devices={list(devices)}: GPU(s) {missing} are not visible to this worker "
+                              f"(it sees {visible}); name visible ones or leave trainer.devices=1")
+    else:
+        n = len(assigned) if str(devices) in ("-1", "auto") else int(devices)
+        if n > len(assigned):
+            raise ConfigError(f"trainer.devices={devices}: this worker was given {len(assigned)} GPU(s) "
+                              f"({assigned}); ask for at most that many (sweep.ray.gpus_per_run on Ray)")
+        wanted = assigned[:n]
+    return [visible.index(d) for d in wanted]
+
+
+def trainer_config(spec: RunSpec) -> TrainerConfig:
+    """The trainer settings of ``spec`` as this process trains them: in a worker given its own GPUs (a pool
+    worker, a Ray task) a GPU run's ``devices`` become :func:`placed_devices` (the spec, and so the run's
+    identity, is unchanged)."""
+    cfg = TrainerConfig(**spec.trainer)
+    if _ASSIGNED_GPUS is None or cfg.accelerator not in (*GPU_ACCELERATORS, "auto") or not torch.cuda.is_available():
+        return cfg
+    cfg.devices = placed_devices(cfg.devices, _ASSIGNED_GPUS, visible_gpus())
+    if cfg.accelerator == "auto":
+        cfg.accelerator = "gpu"
+    return cfg
+
+
+def _probe_trainer(cfg: TrainerConfig) -> L.Trainer:
+    """A Trainer of ``cfg``'s devices and strategy (built, never fitted), or a :class:`ConfigError` naming them."""
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator={cfg.accelerator} but no CUDA device is visible; "
                           "use trainer.accelerator=cpu (or auto)")
@@ -81,7 +168,7 @@ def resolve_device(cfg: TrainerConfig) -> str:
                             num_nodes=cfg.num_nodes, barebones=True)
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
         raise ConfigError(f"trainer.accelerator={cfg.accelerator}, trainer.devices={cfg.devices}: {err}") from err
-    return str(trainer.strategy.root_device)
+    return trainer
 
 
 # ------------------------------------------------------------------ scenarios
@@ -232,6 +319,7 @@ class RunState:
     run_logger: RunLogger | None = None
     checkpoint: Path | None = None
     saved: dict[str, Any] | None = None  # the checkpoint it resumed from
+    ranks: Ranks = Ranks()
 
     @property
     def done(self) -> int:
@@ -242,7 +330,7 @@ class RunState:
 def seeded_module(spec: RunSpec, scenario: Scenario) -> tuple[ContinualModule, str]:
     """Threads and seed of the run, then its module on its device."""
     quiet_lightning()
-    trainer_cfg = TrainerConfig(**spec.trainer)
+    trainer_cfg = trainer_config(spec)
     device = resolve_device(trainer_cfg)
     if torch.device(device).type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -257,14 +345,15 @@ def open_run(spec: RunSpec, scenario: Scenario, module: ContinualModule, device:
              run_logger: RunLogger | None, checkpoint: Path | None) -> RunState:
     """The evaluator and the tracker of a run; its partial result from the checkpoint of an interrupted
     run, else the untrained row (the module itself is restored by the caller)."""
-    trainer_cfg = TrainerConfig(**spec.trainer)
+    trainer_cfg = trainer_config(spec)
+    ranks = trainer_ranks(trainer_cfg)
     log_cfg = run_logger.cfg if run_logger is not None else LoggerConfig()
     evaluator = Evaluator(scenario, device, trainer_cfg.eval_batch_size, trainer_cfg.train_loss_probe,
                           confusion=log_cfg.records_confusion(scenario.n_outputs))
     schedule = module.training_tasks(scenario)
     joint = len(schedule) != scenario.n_tasks
     checks = to_dataclass(ChecksConfig, spec.checks, "checks")
-    tracker = GeometryTracker(checks, scenario, device) if checks.enabled and not joint else None
+    tracker = GeometryTracker(checks, scenario, device) if checks.enabled and not joint and ranks.lead else None
     start = time.perf_counter()
     saved = load_checkpoint(checkpoint, spec.config_hash()) if checkpoint else None
     if saved is not None:
@@ -274,7 +363,7 @@ def open_run(spec: RunSpec, scenario: Scenario, module: ContinualModule, device:
         start -= result.timings["elapsed"]
     else:
         module.select_setting(spec.setting)
-        init = evaluator(module)
+        init = evaluator(module) if ranks.lead else Evaluation([], [], [])  # other ranks get rank 0's rows
         result = RunResult(
             run_id=spec.run_id, label=spec.label, strategy=spec.strategy_class, family=module.family,
             setting=spec.setting, seed=spec.seed, scenario=scenario.name, config=asdict(spec),
@@ -285,7 +374,7 @@ def open_run(spec: RunSpec, scenario: Scenario, module: ContinualModule, device:
             timings={"fit": [], "after_task": [], "eval": [], "checks": []},
         )
     return RunState(spec, scenario, module, device, trainer_cfg, schedule, evaluator, tracker, result, start,
-                    run_logger, checkpoint, saved)
+                    run_logger, checkpoint, saved, ranks)
 
 
 def start_group(specs: list[RunSpec], scenarios: list[Scenario], run_loggers: list[RunLogger | None],
@@ -321,32 +410,77 @@ def wants_compile(cfg: TrainerConfig, schedule: list[tuple[Task, Tensor]]) -> bo
     return steps >= AUTO_MIN_STEPS
 
 
-def train_task(runs: list[RunState], task: Task, task_ids: Tensor) -> tuple[int, float, float]:
+class SampleCounter(L.Callback):
+    """The training samples this process stepped on (the batches Lightning handed ``training_step``)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        chunk = batch if isinstance(batch, list) else [batch]  # one training_step's minibatches
+        self.samples += sum(int(b[1].shape[0]) for b in chunk)
+
+
+def train_task(runs: list[RunState], task: Task, task_ids: Tensor) -> tuple[int, float, float, list[int]]:
     """``before_task``, one fit per phase of the task (:func:`fit_phases`), ``after_task``, for every run
-    of ``runs`` at once (their callbacks and loggers attached); returns the optimiser steps taken and
-    the seconds of the fits and of ``after_task``."""
+    of ``runs`` at once (their callbacks and loggers attached); returns the optimiser steps taken, the
+    seconds of the fits and of ``after_task``, and, data-parallel, the samples each rank trained on."""
     lead = runs[-1]
-    spec, module, cfg = lead.spec, lead.module, lead.trainer_cfg
+    spec, module, cfg, ranks = lead.spec, lead.module, lead.trainer_cfg, lead.ranks
     batches = TaskBatches(
         task.x_train, task.y_train, task_ids, cfg.batch_size, device=lead.device,
         seed=derive_seed(spec.seed, task.id), mean=lead.scenario.mean, std=lead.scenario.std,
-        augment=augment_of(spec),
+        augment=augment_of(spec), rank=ranks.rank, world_size=ranks.world_size,
     )
     loggers = [lg for r in runs if r.run_logger is not None for lg in r.run_logger.lightning_loggers()] or None
     log_every = next((r.run_logger.cfg.log_every_n_steps for r in runs if r.run_logger is not None), 10)
 
     k = cfg.chunk_size(log_every if loggers else None)
+    counter = SampleCounter() if ranks.world_size > 1 else None
 
     def new_trainer(phase: Phase) -> L.Trainer:
-        callbacks = [r.tracker.callback() for r in runs if r.tracker is not None] or None
-        return make_trainer(cfg, loggers, callbacks, max(1, log_every // k), epochs=phase.epochs)
+        callbacks = [r.tracker.callback() for r in runs if r.tracker is not None] + ([counter] if counter else [])
+        return make_trainer(cfg, loggers, callbacks or None, max(1, log_every // k), epochs=phase.epochs)
 
     t0 = time.perf_counter()
     module.before_task(task)
     steps = fit_phases(module, task, batches, new_trainer, k)
     t1 = time.perf_counter()
     module.after_task(task)
-    return steps, t1 - t0, time.perf_counter() - t1
+    after_s = time.perf_counter() - t1
+    samples: list[Any] = []
+    if counter is not None:
+        samples = [None] * ranks.world_size
+        torch.distributed.all_gather_object(samples, counter.samples)
+    return steps, t1 - t0, after_s, samples
+
+
+def share_lead_state(runs: list[RunState]) -> None:
+    """Data-parallel: rank 0's module state (every parameter and registered buffer: anchors, importances,
+    buffers, masks, bases), random state and results become every rank's, one broadcast after each task,
+    so that every rank starts the next task from the state one process would have."""
+    lead = runs[-1]
+    if lead.ranks.world_size > 1:
+        for run, result in zip(runs, broadcast_from_lead(lead.module, [r.result for r in runs])):
+            run.result = result
+
+
+def broadcast_from_lead(module: torch.nn.Module, results: list[RunResult]) -> list[RunResult]:
+    """Rank 0's ``module.state_dict()`` (through the CPU), random state and ``results``, loaded into this
+    rank's module and random generators; returns rank 0's results (one ``broadcast_object_list``)."""
+    lead = torch.distributed.get_rank() == 0
+    payload: list[Any] = [None]
+    if lead:
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        payload = [(state, rng_state(), results)]
+    torch.distributed.broadcast_object_list(payload, src=0)
+    if lead:
+        return results
+    state, rng, shared = payload[0]
+    module.load_state_dict(state)
+    set_rng_state(rng)
+    return shared
 
 
 def fit_phases(module: ContinualModule, task: Task, batches: Iterable[Any],
@@ -362,6 +496,15 @@ def fit_phases(module: ContinualModule, task: Task, batches: Iterable[Any],
         trainer.fit(module, train_dataloaders=Chunks(phase_batches, steps_per_call))
         steps += module.fit_steps
     return steps
+
+
+def record_ranks(run: RunState, steps: int, samples: list[int]) -> None:
+    """What each rank of a data-parallel training did in the task: its optimiser steps and samples."""
+    dp = run.result.data_parallel
+    dp["world_size"] = run.ranks.world_size
+    dp["batch_size_per_rank"] = run.trainer_cfg.batch_size // run.ranks.world_size
+    dp.setdefault("steps", []).append(steps)
+    dp.setdefault("samples", []).append(samples)
 
 
 def record_row(run: RunState, task: Task, steps: int) -> None:
@@ -437,16 +580,19 @@ def run_group(
         for i, (task, task_ids) in enumerate(runs[-1].schedule):
             if all(r.done > i for r in runs):
                 continue
-            steps, fit_s, after_s = train_task(runs, task, task_ids)
+            steps, fit_s, after_s, samples = train_task(runs, task, task_ids)
             after = rng_state()
-            for run in (r for r in runs if r.done == i):
+            for run in (r for r in runs if r.done == i and r.ranks.lead):
                 set_rng_state(after)
                 module.select_setting(run.spec.setting)
                 run.result.timings["fit"].append(fit_s)
                 run.result.timings["after_task"].append(after_s)
+                if samples:
+                    record_ranks(run, steps, samples)
                 record_row(run, task, steps)
                 save_progress(run)
             module.select_setting(shared)
+            share_lead_state(runs)
             if on_task_end is not None:
                 for run in runs:
                     on_task_end(run.spec, task.id, module)
@@ -664,6 +810,11 @@ def preflight(plan: Plan, scenarios: dict[str, Scenario]) -> None:
         if where not in resolved:
             resolve_device(cfg)
             resolved.add(where)
+        check_data_parallel(plan, spec, cfg)
+    if plan.sweep.backend == "ray":
+        from cl_bench.ray_backend import check_ray_plan
+
+        check_ray_plan(plan)
     out = plan.output_dir
     try:  # a 4 KiB probe file, written, fsynced and removed
         out.mkdir(parents=True, exist_ok=True)
@@ -682,6 +833,20 @@ def preflight(plan: Plan, scenarios: dict[str, Scenario]) -> None:
                           "free space or choose another output.dir")
 
 
+def check_data_parallel(plan: Plan, spec: RunSpec, cfg: TrainerConfig) -> None:
+    """A data-parallel run (``world_size`` > 1) splits every batch evenly over its ranks and runs its ranks
+    itself: its batch size must be a multiple of the world size, and the plan runs in this process."""
+    world = trainer_ranks(cfg).world_size
+    if world == 1:
+        return
+    if cfg.batch_size % world:
+        raise ConfigError(f"{spec.run_id}: trainer.batch_size={cfg.batch_size} does not split over the "
+                          f"{world} processes of trainer.strategy={cfg.strategy}; use a multiple of {world}")
+    if plan.workers > 1 or plan.sweep.backend != "local":
+        raise ConfigError(f"{spec.run_id}: trainer.strategy={cfg.strategy} starts its own {world} processes; "
+                          "run it with sweep.workers=1 and sweep.backend=local")
+
+
 def check_checkpoint(output_dir: Path, spec: RunSpec) -> None:
     """Read the checkpoint of ``spec`` once: an unreadable one is moved aside (with a warning naming it)."""
     load_checkpoint(checkpoint_path(output_dir, spec), spec.config_hash())
@@ -697,11 +862,12 @@ def run_and_save(
 ) -> list[RunResult]:
     """The runs of one training (:func:`run_group`) with per-task checkpoints and their loggers (a
     RunLogger without loggers still carries the logger config: logger.confusion); each result file
-    replaces its checkpoint when done."""
+    replaces its checkpoint when done. Data-parallel, only rank 0 logs and writes."""
     ckpts: list[Path | None] = [checkpoint_path(output_dir, spec) for spec in specs]
+    lead = trainer_ranks(trainer_config(specs[-1])).lead
     with ExitStack() as stack:
         run_loggers: list[RunLogger | None] = [None] * len(specs)
-        if log_cfg is not None:
+        if log_cfg is not None and lead:
             for i, (spec, ckpt) in enumerate(zip(specs, ckpts)):
                 saved = load_checkpoint(cast(Path, ckpt), spec.config_hash())
                 run_loggers[i] = stack.enter_context(
@@ -710,6 +876,8 @@ def run_and_save(
         for run_logger, result in zip(run_loggers, results):
             if run_logger is not None:
                 run_logger.log_result(result)
+    if not lead:
+        return results
     for spec, result, ckpt in zip(specs, results, ckpts):
         if spec.data.get("files"):
             result.data_root = str(resolve_root(spec.data.get("root")))
@@ -740,11 +908,14 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _init_worker(threads: int, parent: int) -> None:
-    """A pool worker: dies with ``parent``, leaves Ctrl-C to it (the parent ends the pool), uses ``threads``."""
+def _init_worker(threads: int, parent: int, slots: Any) -> None:
+    """A pool worker: dies with ``parent``, leaves Ctrl-C to it (the parent ends the pool), uses ``threads``,
+    and takes the next slot of ``slots`` (a queue of 0 .. workers - 1): its own GPU (:func:`worker_gpus`)."""
+    global _ASSIGNED_GPUS
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
+    _ASSIGNED_GPUS = worker_gpus(slots.get(), visible_gpus())
 
 
 def _worker_run(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, experiment: str) -> list[RunResult]:
@@ -796,31 +967,40 @@ def execute(
     configuration is moved aside (:func:`set_aside`), never overwritten. Runs of
     one :func:`training_key` are trained once (without loggers: a logger follows
     one run's training). ``workers > 1`` runs trainings in a process pool
-    (``on_task_end`` is then not called) whose workers die with this process.
+    (``on_task_end`` is then not called) whose workers die with this process;
+    ``sweep.backend=ray`` runs each training as a Ray task (:mod:`cl_bench.ray_backend`).
     Ctrl-C (in the main thread) ends every run and raises :class:`RunInterrupted`.
     """
     prepared = prepare(plan)
     scenarios = prepared.scenarios
     preflight(plan, scenarios)
     log_cfg = logger_config(plan.config.get("logger"))
+    lead = process_is_lead()
     todo = []
     for spec in plan.runs:
-        done = (finished(result_path(plan.output_dir, spec), spec)
-                or restore_superseded(plan.output_dir, spec)) if resume else None
+        done = finished(result_path(plan.output_dir, spec), spec) if resume else None
+        if done is None and resume and lead:
+            done = restore_superseded(plan.output_dir, spec)
         if done is not None:
             yield done
             continue
-        set_aside(plan.output_dir, spec)
-        if resume:
-            check_checkpoint(plan.output_dir, spec)
-        else:
-            checkpoint_path(plan.output_dir, spec).unlink(missing_ok=True)
+        if lead:
+            set_aside(plan.output_dir, spec)
+            if resume:
+                check_checkpoint(plan.output_dir, spec)
+            else:
+                checkpoint_path(plan.output_dir, spec).unlink(missing_ok=True)
         todo.append(spec)
     keys = {s.run_id: s.run_id for s in todo} if log_cfg.use else prepared.training
     groups = training_groups(todo, keys)
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _interrupt) if main else None
     try:
+        if plan.sweep.backend == "ray":
+            from cl_bench.ray_backend import execute_ray
+
+            yield from execute_ray(plan, groups, log_cfg, on_task_end)
+            return
         if workers <= 1 or len(groups) <= 1:
             for group in groups:
                 try:
@@ -839,8 +1019,12 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
                   workers: int) -> Iterator[RunResult]:
     """The trainings of ``groups`` in a pool of ``workers`` processes, results as they finish."""
     threads = max(1, torch.get_num_threads() // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads, os.getpid()))
+    context = get_context("spawn")
+    slots = context.Queue()
+    for slot in range(workers):
+        slots.put(slot)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, os.getpid(), slots))
     futures: dict[Future, list[RunSpec]] = {}
     try:
         futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name): group for group in groups}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cl_bench.data import Augment, TaskBatches, build_scenario, concat_tasks, iterate_eval
+from cl_bench.data.batching import rank_positions
 
 MEAN, STD = (0.2, 0.4, 0.5), (0.3, 0.25, 0.2)
 
@@ -166,3 +167,23 @@ def test_lightning_trainer_accepts_task_batches() -> None:
     assert model.seen[0] != model.seen[1] != model.seen[2]
     reference = TaskBatches(x, y, 1, batch_size=6, seed=0)
     assert [torch.cat([b[1] for b in reference]).tolist() for _ in range(3)] == model.seen
+
+
+def test_rank_shards_partition_every_global_batch_in_the_global_order() -> None:
+    """Two ranks' batches, interleaved, are the one-process batches (with their augmentation), each rank
+    takes the same number of steps and half the samples; a 1-sample last batch goes to both ranks."""
+    x, y = images(21), torch.arange(21)
+    aug = Augment(padding=1, flip=True)
+    full = list(TaskBatches(x, y, 0, batch_size=4, seed=3, augment=aug))
+    ranks = [list(TaskBatches(x, y, 0, batch_size=4, seed=3, augment=aug, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(full) == 6
+    for b, (whole, r0, r1) in enumerate(zip(full, *ranks)):
+        if b < 5:
+            assert torch.equal(r0[1], whole[1][0::2]) and torch.equal(r1[1], whole[1][1::2])
+            assert torch.equal(r0[0], whole[0][0::2]) and torch.equal(r1[0], whole[0][1::2])
+        else:  # the last global batch has one sample: both ranks step on it
+            assert torch.equal(r0[1], whole[1]) and torch.equal(r1[1], whole[1])
+    assert sum(len(b[1]) for b in ranks[0][:5]) == sum(len(b[1]) for b in ranks[1][:5]) == 10
+    assert rank_positions(3, 2, 2).tolist() == [2]
+    with pytest.raises(ValueError, match="rank"):
+        TaskBatches(x, y, 0, batch_size=4, rank=2, world_size=2)

@@ -4,6 +4,11 @@
 Lightning accepts it as ``train_dataloaders``. Every epoch draws a fresh
 permutation (and augmentation) from a generator seeded by
 ``SeedSequence([seed, epoch])``: deterministic, yet different per epoch.
+
+Data-parallel training (``world_size`` > 1) keeps that global order: every
+rank draws the same permutation and takes its shard of each global batch
+(:func:`rank_positions`), so the ranks together see exactly the batches of one
+process and take the same number of steps.
 """
 
 from __future__ import annotations
@@ -77,18 +82,28 @@ def to_float(x: Tensor, stats: tuple[Tensor, Tensor] | None) -> Tensor:
     return out
 
 
+def rank_positions(n: int, rank: int, world_size: int) -> Tensor:
+    """The positions in a global batch of ``n`` samples that rank ``rank`` of ``world_size`` trains on:
+    ``rank, rank + W, rank + 2W, ...`` (every position exactly once over the ranks); a rank that would get
+    none (``n < W``, a short last batch) takes the batch's last sample, so that no rank steps on nothing."""
+    pos = torch.arange(rank, n, world_size)
+    return pos if pos.numel() else torch.tensor([n - 1])
+
+
 class TaskBatches:
     """Shuffled mini-batches ``(x_float, y_long, t_long)`` of tensors held on ``device``.
 
     Images are ``uint8`` (or float, taken as already scaled); augmentation
     acts on the raw images before scaling and normalisation, as a torchvision
-    ``RandomCrop -> ToTensor -> Normalize`` pipeline would.
+    ``RandomCrop -> ToTensor -> Normalize`` pipeline would. With ``world_size`` > 1 each
+    batch is rank ``rank``'s shard of the global batch of ``batch_size`` samples.
     """
 
     def __init__(self, x: Tensor, y: Tensor, task_ids: Tensor | int, batch_size: int, *,
                  device: torch.device | str = "cpu", shuffle: bool = True, seed: int = 0,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 augment: Augment | None = None, drop_last: bool = False) -> None:
+                 augment: Augment | None = None, drop_last: bool = False, rank: int = 0,
+                 world_size: int = 1) -> None:
         if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0]:
             raise ValueError(f"TaskBatches needs x [N, C, H, W] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -105,6 +120,9 @@ class TaskBatches:
             self.t = task_ids.to(self.device, torch.long)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.augment, self.drop_last = augment, drop_last
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
         self.stats = _norm_stats(mean, std, self.device)
         self.epoch = 0
 
@@ -126,11 +144,15 @@ class TaskBatches:
         if self.augment is not None:
             draws = tuple(d.to(self.device) for d in self.augment.sample(n, g))
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            idx = order[sl]
+            start = i * self.batch_size
+            pos: slice | Tensor = slice(start, start + self.batch_size)
+            if self.world_size > 1:
+                shard = rank_positions(min(self.batch_size, n - start), self.rank, self.world_size)
+                pos = start + shard.to(self.device)
+            idx = order[pos]
             xb = self.x[idx]
             if draws is not None:
-                xb = cast(Augment, self.augment).apply(xb, draws[0][sl], draws[1][sl])
+                xb = cast(Augment, self.augment).apply(xb, draws[0][pos], draws[1][pos])
             yield to_float(xb, self.stats), self.y[idx], self.t[idx]
 
 
