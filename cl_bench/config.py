@@ -55,7 +55,7 @@ class TrainerConfig:
     epochs: int = 1
     max_steps: int = -1  # per task; -1 = run the epochs
     steps_per_call: Any = "auto"  # optimiser steps per Lightning training_step; see chunk_size
-    compile: Any = "auto"  # the step as one compiled graph: auto (runs of >= AUTO_MIN_STEPS steps) | true | false
+    compile: Any = False  # the step as one compiled graph: true | false | auto (runs of >= AUTO_MIN_STEPS steps)
     batch_size: int = 32
     eval_batch_size: int = 1024
     train_loss_probe: int = 1000

@@ -98,9 +98,10 @@ def test_auto_compiles_only_runs_long_enough_to_repay_the_compile_time(tmp_path:
     schedule = build_module(spec, load_scenario(spec)).training_tasks(load_scenario(spec))
     per_epoch = sum(-(-task.n_train // 32) for task, _ in schedule)
     epochs_needed = -(-AUTO_MIN_STEPS // per_epoch)
-    assert not wants_compile(TrainerConfig(epochs=epochs_needed - 1), schedule)
-    assert wants_compile(TrainerConfig(epochs=epochs_needed), schedule)
-    assert not wants_compile(TrainerConfig(epochs=epochs_needed, max_steps=1), schedule)
+    assert not wants_compile(TrainerConfig(epochs=epochs_needed - 1, compile="auto"), schedule)
+    assert wants_compile(TrainerConfig(epochs=epochs_needed, compile="auto"), schedule)
+    assert not wants_compile(TrainerConfig(epochs=epochs_needed, max_steps=1, compile="auto"), schedule)
+    assert not wants_compile(TrainerConfig(epochs=epochs_needed), schedule)  # the default: eager
     assert wants_compile(TrainerConfig(compile=True), schedule) and not wants_compile(TrainerConfig(compile=False),
                                                                                        schedule)
 
