@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list scenarios, strategies, models and metrics")
     for cmd in (run, lst):
         cmd.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                         help="a module of yours that registers strategies (repeatable; e.g. my_pkg.my_strategy)")
+                         help="a module of yours that registers strategies, models or datasets (repeatable; e.g. "
+                         "my_pkg.my_strategy)")
     sweep = sub.add_parser(
         "sweep",
         help="the grid of a config whose hyper-parameters are lists; --wandb writes a W&B Sweeps spec",
@@ -138,14 +139,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "imports", None):
-        from cl_bench.registry import IMPORTS_ENV, import_plugins
+        from cl_bench.registry import PluginImportError, import_plugins
 
         try:
-            import_plugins(args.imports)
-        except ImportError as err:
+            import_plugins(args.imports)  # recorded for the worker processes
+        except PluginImportError as err:
             print(f"config error: {err}", file=sys.stderr)
-            return 2
-        os.environ[IMPORTS_ENV] = ",".join(args.imports)  # worker processes import them too
+            return EXIT_INPUT
     if args.command == "list":
         return cmd_list()
     if args.command == "sweep":

@@ -33,12 +33,12 @@ CONFIG_DIR = Path(os.environ.get("CL_BENCH_CONFIGS", Path(__file__).resolve().pa
 GROUPS = ("scenario", "model")
 TOP_LEVEL_KEYS = (
     "name", "scenario", "settings", "model", "strategy", "strategies", "seeds",
-    "trainer", "optimizer", "data", "output", "checks", "logger", "sweep", "experiment",
+    "trainer", "optimizer", "data", "output", "checks", "logger", "sweep", "experiment", "imports",
 )
 SETTINGS = ("class_il", "task_il", "domain_il")
 SEED_RANGE = (0, 2**32 - 1)  # what every seeded generator (numpy, Lightning's seed_everything) accepts
 #: sections that shape the runs but not the result of any one of them: left out of the default folder's hash
-NOT_EXPERIMENT_KEYS = ("name", "output", "sweep", "logger", "seeds", "settings", "strategy", "strategies")
+NOT_EXPERIMENT_KEYS = ("name", "output", "sweep", "logger", "seeds", "settings", "strategy", "strategies", "imports")
 
 
 class ConfigError(ValueError):
@@ -228,6 +228,7 @@ def load_config(overrides: list[str] | None = None, config_file: str | None = No
             if key in layer:
                 cfg[key] = None
         cfg = cast(DictConfig, OmegaConf.merge(cfg, layer))
+    import_config_plugins(cfg, fields)
     cfg.scenario = _resolve_group("scenario", cfg.scenario)
     suggested = cfg.scenario.pop("model", None)  # a scenario names the model its protocol uses
     if cfg.model is None:
@@ -244,6 +245,23 @@ def load_config(overrides: list[str] | None = None, config_file: str | None = No
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; valid: {', '.join(TOP_LEVEL_KEYS)}")
     return cfg
+
+
+def import_config_plugins(cfg: DictConfig, fields: DictConfig) -> None:
+    """Import the modules of ``imports:`` (a list of module names, the overrides' last) before anything
+    looks up a strategy, model or dataset; a module that fails is a :class:`ConfigError` naming it."""
+    from cl_bench.registry import PluginImportError, import_plugins
+
+    value = fields.get("imports", cfg.get("imports")) or []
+    modules = _container(value)
+    if isinstance(modules, str):
+        modules = [modules]
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ConfigError(f"imports must be a list of module names (imports: [my_pkg.my_module]), got {modules!r}")
+    try:
+        import_plugins(modules, where="imports:")
+    except PluginImportError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _strategy_labels(value: Any) -> list[str]:

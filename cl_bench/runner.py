@@ -43,7 +43,7 @@ from cl_bench.loggers import LoggerConfig, RunLogger, logger_config
 from cl_bench.metrics import compute_metrics
 from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig, Phase
-from cl_bench.registry import get_strategy
+from cl_bench.registry import get_strategy, import_plugins, plugin_modules
 from cl_bench.results import (
     RunResult,
     device_info,
@@ -720,9 +720,11 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _init_worker(threads: int, parent: int) -> None:
-    """A pool worker: dies with ``parent``, leaves Ctrl-C to it (the parent ends the pool), uses ``threads``."""
+def _init_worker(threads: int, parent: int, plugins: list[str]) -> None:
+    """A pool worker: dies with ``parent``, leaves Ctrl-C to it (the parent ends the pool), uses ``threads``,
+    imports the parent's plug-in modules (their strategies, models and datasets registered here too)."""
     _die_with_parent(parent)
+    import_plugins(plugins)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
 
@@ -820,7 +822,7 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
     """The trainings of ``groups`` in a pool of ``workers`` processes, results as they finish."""
     threads = max(1, torch.get_num_threads() // workers)
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads, os.getpid()))
+                               initargs=(threads, os.getpid(), plugin_modules()))
     futures: dict[Future, list[RunSpec]] = {}
     try:
         futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name): group for group in groups}

@@ -27,7 +27,7 @@ from cl_bench.data.batching import _norm_stats, to_float
 from cl_bench.geometry.fisher import TaskOutputs, per_sample_grads
 from cl_bench.models import build_model
 from cl_bench.module import OptimizerConfig
-from strategies.local import EWC, SI, EWCParams, OnlineEWC, OnlineEWCParams, SIParams
+from cl_bench.strategies.local import EWC, SI, EWCParams, OnlineEWC, OnlineEWCParams, SIParams
 
 avalanche_plugins = pytest.importorskip("avalanche.training.plugins")
 from avalanche.training.plugins.evaluation import EvaluationPlugin  # noqa: E402

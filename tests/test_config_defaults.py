@@ -86,7 +86,7 @@ def test_strategy_file_states_only_what_differs_from_params(path: Path) -> None:
 
 
 def test_restated_default_is_caught() -> None:
-    from strategies.local import EWCParams
+    from cl_bench.strategies.local import EWCParams
 
     entry = {"lam": EWCParams().lam, "samples": 7}
     assert restatements("ewc", entry) == [f"lam: {EWCParams().lam!r} restates the default of EWCParams"]

@@ -16,7 +16,7 @@ from cl_bench.data import Scenario, Task, TaskBatches, iterate_eval
 from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, OptimizerConfig
 from cl_bench.runner import fit_phases, quiet_lightning
-from strategies.isolation import (
+from cl_bench.strategies.isolation import (
     GPM,
     OGD,
     GPMParams,

@@ -26,7 +26,7 @@ from torch import Tensor
 from cl_bench.geometry import lanczos, make_operator, module_objective
 from cl_bench.geometry.fisher import dense_ggn, dense_hessian
 from cl_bench.module import OptimizerConfig
-from strategies.isolation import GPM, OGD, GPMParams, OGDParams, OrthogonalSGD
+from cl_bench.strategies.isolation import GPM, OGD, GPMParams, OGDParams, OrthogonalSGD
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))

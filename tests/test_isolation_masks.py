@@ -16,7 +16,7 @@ from cl_bench.config import ConfigError, to_dataclass
 from cl_bench.data.batching import _norm_stats, to_float
 from cl_bench.models import build_model
 from cl_bench.module import OptimizerConfig
-from strategies.isolation import FREE, HAT, HATParams, PackNet, PackNetParams
+from cl_bench.strategies.isolation import FREE, HAT, HATParams, PackNet, PackNetParams
 
 MOMENTUM_WD = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.05)
 ADAM_WD = OptimizerConfig(name="adam", lr=0.01, weight_decay=0.05)

@@ -18,7 +18,7 @@ from cl_bench.layout import grad_vector
 from cl_bench.models import build_model
 from cl_bench.module import OptimizerConfig
 from cl_bench.runner import execute, prepare
-from strategies.local import (
+from cl_bench.strategies.local import (
     EWC,
     KFACEWC,
     L2,

@@ -18,7 +18,7 @@ from cl_bench.layout import grad_of as flat_grad
 from cl_bench.layout import grad_vector
 from cl_bench.module import Step
 from cl_bench.runner import build_module, load_scenario, run_one
-from strategies.replay import DER, GEM, agem_project, distillation, gem_project
+from cl_bench.strategies.replay import DER, GEM, agem_project, distillation, gem_project
 
 STRATEGIES = ["er", "agem", "gem", "der", "derpp", "icarl", "gdumb", "lwf"]
 
