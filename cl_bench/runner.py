@@ -53,6 +53,7 @@ from cl_bench.results import (
     write_fault,
 )
 from cl_bench.seeds import derive_seed
+from cl_bench.state import UnsavedStateError, check_saved_state
 
 #: called after each task with (spec, task index, module); tests use it to interrupt a run
 TaskCallback = Callable[[RunSpec, int, ContinualModule], None]
@@ -418,6 +419,8 @@ def run_group(
             if all(r.done > i for r in runs):
                 continue
             steps, fit_s, after_s = train_task(runs, task, task_ids)
+            if any(r.checkpoint is not None for r in runs):  # before the first checkpoint is written
+                check_saved_state(module, f"after task {task.id}")
             after = rng_state()
             for run in (r for r in runs if r.done == i):
                 set_rng_state(after)
@@ -430,7 +433,7 @@ def run_group(
             if on_task_end is not None:
                 for run in runs:
                     on_task_end(run.spec, task.id, module)
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, UnsavedStateError) as err:
         for run in runs:
             run.result.status, run.result.error = "failed", str(err)
     module.select_setting(runs[-1].spec.setting)
@@ -592,8 +595,10 @@ def prepare(plan: Plan) -> Prepared:
             except (ValueError, KeyError) as err:
                 raise ConfigError(f"scenario: {err}") from err
         try:
-            training[spec.run_id] = training_key(spec, build_module(spec, scenarios[key]))
-        except (ValueError, KeyError) as err:
+            module = build_module(spec, scenarios[key])
+            check_saved_state(module, "after construction")
+            training[spec.run_id] = training_key(spec, module)
+        except (ValueError, KeyError, UnsavedStateError) as err:
             raise ConfigError(f"{spec.run_id}: {err}") from err
     identify_data(plan)
     return Prepared(scenarios, training)
