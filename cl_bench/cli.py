@@ -171,9 +171,9 @@ def cmd_list() -> int:
 
     from cl_bench.config import CONFIG_DIR
     from cl_bench.data.scenarios import SCENARIO_KINDS
-    from cl_bench.data.sources import SOURCE_INFO
+    from cl_bench.data.sources import source_info
     from cl_bench.metrics import METRICS
-    from cl_bench.models import MODEL_INFO
+    from cl_bench.models import model_info
     from cl_bench.registry import get_strategy, strategy_names
 
     console = Console()
@@ -191,13 +191,13 @@ def cmd_list() -> int:
     table("scenarios (configs/scenario)",
           [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "scenario").glob("*.yaml"))])
     table("scenario kinds", list(SCENARIO_KINDS.items()))
-    table("datasets", list(SOURCE_INFO.items()))
+    table("datasets", list(source_info().items()))
     table(
         "strategies",
         [(n, f"[{get_strategy(n).family}] " + (get_strategy(n).__doc__ or "").strip().splitlines()[0])
          for n in strategy_names()],
     )
-    table("models", list(MODEL_INFO.items()))
+    table("models", list(model_info().items()))
     table("experiments (configs/experiment)",
           [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))])
     table("metrics", [(m, info.doc) for m, info in METRICS.items()])

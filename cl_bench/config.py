@@ -333,6 +333,7 @@ def _container(node: Any) -> Any:
 def build_plan(cfg: DictConfig) -> Plan:
     """Validate the whole configuration and expand it into runs (no training)."""
     from cl_bench.data.scenarios import parse_scenario_cfg
+    from cl_bench.data.sources import DatasetError
     from cl_bench.geometry.config import ChecksConfig
     from cl_bench.module import OptimizerConfig
     from cl_bench.registry import get_strategy
@@ -347,7 +348,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     for s in settings:
         try:
             parse_scenario_cfg({**_container(cfg.scenario), "setting": s})
-        except (ValueError, KeyError) as err:
+        except (ValueError, KeyError, DatasetError) as err:
             raise ConfigError(str(err.args[0]) if err.args else str(err)) from err
     seeds = _container(cfg.seeds)
     seeds = [seeds] if isinstance(seeds, int) else seeds

@@ -37,7 +37,8 @@ from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
 from cl_bench.data import DatasetError, Scenario, Task, TaskBatches, build_scenario, iterate_eval
 from cl_bench.data.batching import Augment
-from cl_bench.data.sources import resolve_root, source_fingerprint
+from cl_bench.data.sources import load_source, resolve_root, source_fingerprint, user_source
+from cl_bench.data.user_sources import describe
 from cl_bench.geometry import ChecksConfig, GeometryTracker
 from cl_bench.loggers import LoggerConfig, RunLogger, logger_config
 from cl_bench.metrics import compute_metrics
@@ -67,6 +68,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is an invalid configuration.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated.*")
+    # a frozen feature extractor (cl_bench.external_models.Frozen) stays in eval mode while the head trains
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
 def resolve_device(cfg: TrainerConfig) -> str:
@@ -87,7 +90,7 @@ def resolve_device(cfg: TrainerConfig) -> str:
 # ------------------------------------------------------------------ scenarios
 def scenario_key(spec: RunSpec) -> str:
     """A key equal for runs that build the same scenario from the same data (settings, not digests)."""
-    data = {k: v for k, v in spec.data.items() if k != "files"}
+    data = {k: v for k, v in spec.data.items() if k not in ("files", "source")}
     return repr(sorted(spec.scenario.items())) + repr(sorted(data.items()))
 
 
@@ -545,9 +548,13 @@ def restore_superseded(output_dir: Path, spec: RunSpec) -> RunResult | None:
 
 def identify_run(spec: RunSpec) -> None:
     """Put the digests of the data files the run reads into its spec (``data.files``), so that its
-    configuration hash changes with the data and a result of other data is never reused."""
-    files = source_fingerprint(str(spec.scenario["source"]), spec.data.get("root"))
-    spec.data = {**{k: v for k, v in spec.data.items() if k != "files"}, **({"files": files} if files else {})}
+    configuration hash changes with the data and a result of other data is never reused; a dataset of one's
+    own is also described there (``data.source``: name, shapes, dtype, classes)."""
+    source, path = str(spec.scenario["source"]), spec.scenario.get("path")
+    files = source_fingerprint(source, path or spec.data.get("root"))
+    kept = {k: v for k, v in spec.data.items() if k not in ("files", "source")}
+    described = {"source": describe(load_source(source, path))} if user_source(source) else {}
+    spec.data = {**kept, **({"files": files} if files else {}), **described}
 
 
 def identify_data(plan: Plan) -> None:
