@@ -29,7 +29,17 @@ from typing import Any, cast
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONFIG_DIR = Path(os.environ.get("CL_BENCH_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+
+def shipped_configs() -> Path:
+    """The YAML configs: ``cl_bench/configs`` of an installed wheel (hatch force-include), else ``configs/``
+    of the source checkout beside the package."""
+    package = Path(__file__).resolve().parent
+    inside = package / "configs"
+    return inside if (inside / "default.yaml").is_file() else package.parent / "configs"
+
+
+#: ``$CL_BENCH_CONFIGS`` when set, else :func:`shipped_configs`
+CONFIG_DIR = Path(os.environ.get("CL_BENCH_CONFIGS") or shipped_configs())
 GROUPS = ("scenario", "model")
 TOP_LEVEL_KEYS = (
     "name", "scenario", "settings", "model", "strategy", "strategies", "seeds",
