@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     col.add_argument("folders", nargs="+", help="output folders of `cl-bench run` (W&B agents, machines)")
     col.add_argument("--out", required=True, help="folder for the merged runs/ and results.json")
     col.add_argument("--wandb", action="store_true", help="also write the experiment's summary W&B run")
+    best = sub.add_parser(
+        "best", help="select the best configuration of a results folder on a validation metric; print its test metrics",
+        description="Scores every strategy label (a sweep's grid points are labels) by the mean over seeds of a "
+        "validation metric (held-out scenario.val_fraction of each task's training data), selects the best per "
+        "setting, and prints it with its test metrics. Test metrics are never used for selection.")
+    best.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (or `cl-bench collect`)")
+    best.add_argument("--metric", default="val/acc", help="validation metric to select on (default: %(default)s; "
+                      "also val/forgetting, lower is better)")
     report = sub.add_parser("report", help="write a Markdown report with plots from a `cl-bench run` output folder")
     report.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (holds results.json)")
     report.add_argument("--out", help="report folder (default: reports/<name>)")
@@ -152,6 +160,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_sweep(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "best":
+        return cmd_best(args)
     if args.command == "collect":
         return cmd_collect(args)
     if args.command == "baseline":
@@ -356,9 +366,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for label in plan.config.strategy:
             console.print(label)
         console.print(f"{len(plan.runs)} runs; run them here with `cl-bench run` and the same overrides "
-                      "(sweep.workers=N in parallel), or write a W&B Sweeps spec with --wandb")
+                      "(sweep.workers=N in parallel), or write a W&B Sweeps spec with --wandb; then "
+                      f"`cl-bench best {plan.output_dir} --metric val/acc` selects on validation, never on test")
+        if not float(cfg.scenario.get("val_fraction") or 0) > 0:
+            console.print("warning: scenario.val_fraction is 0: no validation split to select on; "
+                          "add scenario.val_fraction=0.1")
         return 0
-    path = write_wandb_sweep(cfg, Path(args.out or Path("sweeps") / plan.name), mode=args.mode)
+    try:
+        path = write_wandb_sweep(cfg, Path(args.out or Path("sweeps") / plan.name), mode=args.mode)
+    except ConfigError as err:
+        console.print(f"[bold red]config error:[/] {err}")
+        return 2
     console.print(f"{len(plan.runs)} runs -> {path}\nnext: `wandb sweep {path}`, then `wandb agent "
                   f"ENTITY/PROJECT/SWEEP_ID` on each machine (see {path.parent / 'README.md'})")
     return 0
@@ -380,6 +398,33 @@ def cmd_collect(args: argparse.Namespace) -> int:
         from cl_bench.wandb_summary import summary_logger_config, write_summary_run
 
         print(f"summary W&B run: {write_summary_run(Path(args.out), summary_logger_config(Path(args.out)))}")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    """``cl-bench best``: the label selected on a validation metric, per setting, with its test metrics."""
+    from pathlib import Path
+
+    from cl_bench.metrics import HEADLINE
+    from cl_bench.report import load_results
+    from cl_bench.select import describe, select
+
+    try:
+        name, runs, agg = load_results(Path(args.results_dir))
+        chosen = select(runs, args.metric)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"{name}: selected on {args.metric} (validation splits; test metrics are reported, never used to select)")
+    for setting, (best, ranked) in chosen.items():
+        print(f"\n{setting}:")
+        for c in ranked:
+            print(f"  {'*' if c is best else ' '} {c.label:<28} {args.metric} = {c.score:.4f}  ({len(c.runs)} seeds)")
+        info = describe(best)
+        print(f"  selected: {best.label} (strategy {info['strategy']}, params {info['params']}, "
+              f"lr {info['optimizer'].get('lr')}, seeds {info['seeds']})")
+        stats = agg.get(f"{setting}/{best.label}", {})
+        print("  test metrics: " + ", ".join(f"{m} {_fmt(stats.get(m))}" for m in HEADLINE))
     return 0
 
 

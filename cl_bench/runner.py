@@ -41,7 +41,7 @@ from cl_bench.data.sources import load_source, resolve_root, source_fingerprint,
 from cl_bench.data.user_sources import describe
 from cl_bench.geometry import ChecksConfig, GeometryTracker
 from cl_bench.loggers import LoggerConfig, RunLogger, logger_config
-from cl_bench.metrics import compute_metrics
+from cl_bench.metrics import compute_metrics, validation_metrics
 from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig, Phase
 from cl_bench.registry import get_strategy, import_plugins, plugin_modules
@@ -116,6 +116,7 @@ class Evaluation:
     loss: list[float]
     train_loss: list[float]
     confusion: list[list[list[int]]] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)  # per task, on its validation split (scenario.val_fraction)
 
 
 class Evaluator:
@@ -133,6 +134,8 @@ class Evaluator:
             (t, t.x_test.to(device), t.y_test.to(device), t.x_train[p].to(device), t.y_train[p].to(device))
             for t, p in zip(scenario.tasks, probes)
         ]
+        self.val = [(t, t.x_val.to(device), t.y_val.to(device)) for t in scenario.tasks
+                    if t.x_val is not None and t.y_val is not None]
 
     def _pass(self, module: ContinualModule, task: Task, x: Tensor, y: Tensor,
               train: bool) -> tuple[float, float, list[list[int]]]:
@@ -171,6 +174,8 @@ class Evaluator:
                 out.confusion.append(confusion)
             if len(y_probe):  # trainer.train_loss_probe=0 turns the training-loss matrix off
                 out.train_loss.append(self._pass(module, task, x_probe, y_probe, train=True)[1])
+        for task, x_val, y_val in self.val:  # scored as the test sets are
+            out.val_acc.append(self._pass(module, task, x_val, y_val, train=False)[0])
         module.train(was_training)
         return out
 
@@ -367,6 +372,8 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     result.train_loss.append(row.train_loss)
     if row.confusion:
         result.confusion.append(row.confusion)
+    if row.val_acc:
+        result.val_acc.append(row.val_acc)
     result.strategy_memory_bytes.append(module.state_bytes())
     if run.run_logger is not None:
         run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps, confusion=row.confusion or None)
@@ -461,7 +468,15 @@ def run_one(
 
 
 def fill_metrics(result: RunResult, joint_acc: list[float] | None = None) -> None:
-    """Metric variants from the stored matrices (a joint run has only its final row)."""
+    """Metric variants from the stored matrices (a joint run has only its final row), and the
+    validation metrics (:func:`cl_bench.metrics.validation_metrics`) where the scenario has validation splits."""
+    fill_test_metrics(result, joint_acc)
+    if result.val_acc:
+        result.metrics.update(validation_metrics(result.val_acc))
+
+
+def fill_test_metrics(result: RunResult, joint_acc: list[float] | None = None) -> None:
+    """The metrics of the test matrices."""
     if result.joint:  # final-row metrics only
         report = compute_metrics([result.acc[0]] * len(result.acc[0]), None, result.task_sizes["test"], result.setting)
         keep = ("acc", "acc_sample_weighted")

@@ -89,7 +89,7 @@ def test_bad_axes_are_clear_errors() -> None:
 
 def _written(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], Path, list[str]]:
     overrides = [*BASE, "strategy=[naive,ewc]", "strategies.ewc.lam=[1,10]", "seeds=[0,1]",
-                 f"output.dir={tmp_path / 'out'}", "checks.enabled=false", *extra]
+                 f"output.dir={tmp_path / 'out'}", "checks.enabled=false", "scenario.val_fraction=0.1", *extra]
     path = write_wandb_sweep(load_config(overrides), tmp_path / "sweep", mode="offline")
     return yaml.safe_load(path.read_text()), tmp_path / "sweep" / "experiment.yaml", overrides
 
