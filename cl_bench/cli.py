@@ -253,49 +253,44 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _execute(plan: Any, console: Any, resume: bool) -> int:
     from omegaconf import OmegaConf
+    from rich.live import Live
     from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
     from rich.table import Table
 
     from cl_bench.config import ConfigError
     from cl_bench.data import DatasetError
     from cl_bench.loggers import logger_config
     from cl_bench.metrics import HEADLINE
+    from cl_bench.progress import Board
     from cl_bench.results import OutputWriteError, aggregate, save_result, write_json_atomic, write_text_atomic
     from cl_bench.runner import RunInterrupted, add_intransigence, execute, folder_results, result_path, result_spec
 
     interactive = console.is_terminal and not os.environ.get("CI")
     results = []
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not interactive,
-    )
     n_tasks = int(plan.config.scenario.n_tasks)
-    bar = progress.add_task(plan.name, total=n_tasks * len(plan.runs))
-
-    def task_done(spec: Any, task_id: int, module: Any) -> None:
-        progress.update(bar, advance=1, description=spec.run_id)
-
+    board = Board(plan.name, n_tasks * len(plan.runs), plain=not interactive)
+    workers = f", {plan.workers} worker processes" if plan.workers > 1 else ""
+    console.print(f"{plan.name}: {len(plan.runs)} runs x {n_tasks} tasks{workers} -> {plan.output_dir}; "
+                  "loading the data and checking every run first", soft_wrap=True)
+    live = Live(board, console=console, refresh_per_second=4, transient=True) if interactive else None
     try:
-        with progress:
-            for i, result in enumerate(execute(plan, resume=resume, on_task_end=task_done, workers=plan.workers), 1):
-                progress.update(bar, completed=n_tasks * i)
-                if result.status != "ok":
-                    console.print(f"[red]failed[/] {result.run_id}: {result.error}")
-                results.append(result)
+        if live is not None:
+            live.start()
+        for result in execute(plan, resume=resume, workers=plan.workers, on_progress=board):
+            board.result(result.run_id, n_tasks, result.status)
+            if result.status != "ok":
+                console.print(f"[red]failed[/] {result.run_id}: {result.error}")
+            results.append(result)
     except (ConfigError, DatasetError, OutputWriteError) as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return EXIT_INPUT
     except (RunInterrupted, KeyboardInterrupt) as err:
         print(str(err) or f"interrupted; {RESUME_HINT}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if live is not None:
+            live.stop()
+    console.print(f"done: {board.status()}")
     order = {spec.run_id: i for i, spec in enumerate(plan.runs)}
     results.sort(key=lambda r: order[r.run_id])
     add_intransigence(results)

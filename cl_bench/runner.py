@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
+from cl_bench import progress
 from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
 from cl_bench.data import DatasetError, Scenario, Task, TaskBatches, build_scenario, iterate_eval
@@ -315,6 +316,8 @@ def start_group(specs: list[RunSpec], scenarios: list[Scenario], run_loggers: li
         module.load_state_dict(behind.saved["module"])
         set_rng_state(behind.saved["rng"])
     module.select_setting(specs[0].setting if len(specs) == 1 else None)
+    progress.emit(kind="run_start", runs=[r.spec.run_id for r in runs], task=behind.done,
+                  tasks=len(runs[-1].schedule))
     return runs
 
 
@@ -333,7 +336,8 @@ def train_task(runs: list[RunState], task: Task, task_ids: Tensor) -> tuple[int,
     log_every = next((r.run_logger.cfg.log_every_n_steps for r in runs if r.run_logger is not None), 10)
 
     def new_trainer(phase: Phase) -> L.Trainer:
-        callbacks = [r.tracker.callback() for r in runs if r.tracker is not None] or None
+        callbacks = [r.tracker.callback() for r in runs if r.tracker is not None]
+        callbacks.append(progress.EpochEvents([r.spec.run_id for r in runs]))
         return make_trainer(cfg, loggers, callbacks, log_every, epochs=phase.epochs)
 
     t0 = time.perf_counter()
@@ -428,6 +432,9 @@ def run_group(
         for i, (task, task_ids) in enumerate(runs[-1].schedule):
             if all(r.done > i for r in runs):
                 continue
+            ids = [r.spec.run_id for r in runs if r.done == i]
+            progress.emit(kind="task_start", runs=ids, task=i, tasks=len(runs[-1].schedule),
+                          epochs=runs[-1].trainer_cfg.epochs)
             steps, fit_s, after_s = train_task(runs, task, task_ids)
             if any(r.checkpoint is not None for r in runs):  # before the first checkpoint is written
                 check_saved_state(module, f"after task {task.id}")
@@ -440,6 +447,7 @@ def run_group(
                 record_row(run, task, steps)
                 save_progress(run)
             module.select_setting(shared)
+            progress.emit(kind="task_end", runs=ids, task=i)
             if on_task_end is not None:
                 for run in runs:
                     on_task_end(run.spec, task.id, module)
@@ -747,11 +755,13 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _init_worker(threads: int, parent: int, plugins: list[str]) -> None:
+def _init_worker(threads: int, parent: int, plugins: list[str], events: Any = None) -> None:
     """A pool worker: dies with ``parent``, leaves Ctrl-C to it (the parent ends the pool), uses ``threads``,
-    imports the parent's plug-in modules (their strategies, models and datasets registered here too)."""
+    imports the parent's plug-in modules (their strategies, models and datasets registered here too) and
+    sends its progress events to the queue ``events`` (when given)."""
     _die_with_parent(parent)
     import_plugins(plugins)
+    progress.set_sink(progress.queue_sink(events) if events is not None else None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
 
@@ -795,7 +805,8 @@ def interrupted_message(output_dir: Path, specs: list[RunSpec]) -> str:
 
 
 def execute(
-    plan: Plan, resume: bool = True, on_task_end: TaskCallback | None = None, workers: int = 1
+    plan: Plan, resume: bool = True, on_task_end: TaskCallback | None = None, workers: int = 1,
+    on_progress: Callable[[progress.Event], None] | None = None,
 ) -> Iterator[RunResult]:
     """Run every spec of the plan; yield results as they finish.
 
@@ -807,7 +818,10 @@ def execute(
     one run's training). ``workers > 1`` runs trainings in a process pool
     (``on_task_end`` is then not called) whose workers die with this process.
     Ctrl-C (in the main thread) ends every run and raises :class:`RunInterrupted`.
+    ``on_progress`` gets the :mod:`cl_bench.progress` events of every run, from this process or the pool's.
     """
+    progress.set_sink(on_progress)
+    progress.emit(kind="note", text=f"loading the data and checking {len(plan.runs)} runs")
     prepared = prepare(plan)
     scenarios = prepared.scenarios
     preflight(plan, scenarios)
@@ -838,18 +852,26 @@ def execute(
                 except RunInterrupted:
                     raise RunInterrupted(interrupted_message(plan.output_dir, group)) from None
             return
-        yield from _execute_pool(plan, groups, log_cfg, workers)
+        yield from _execute_pool(plan, groups, log_cfg, workers, on_progress)
     finally:
+        progress.set_sink(None)
         if main:
             signal.signal(signal.SIGINT, previous)
 
 
-def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig,
-                  workers: int) -> Iterator[RunResult]:
-    """The trainings of ``groups`` in a pool of ``workers`` processes, results as they finish."""
+def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig, workers: int,
+                  on_progress: Callable[[progress.Event], None] | None = None) -> Iterator[RunResult]:
+    """The trainings of ``groups`` in a pool of ``workers`` processes, results as they finish (the workers'
+    progress events through a queue to ``on_progress``)."""
     threads = max(1, torch.get_num_threads() // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads, os.getpid(), plugin_modules()))
+    context = get_context("spawn")
+    events = context.Queue() if on_progress is not None else None
+    drain = progress.Drain(events, on_progress) if events is not None and on_progress is not None else None
+    if drain is not None:
+        drain.start()
+    progress.emit(kind="note", text=f"starting {workers} worker processes for {len(groups)} trainings")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, os.getpid(), plugin_modules(), events))
     futures: dict[Future, list[RunSpec]] = {}
     try:
         futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name): group for group in groups}
@@ -866,6 +888,8 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
         raise RunInterrupted(interrupted_message(plan.output_dir, unfinished)) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if drain is not None:
+            drain.stop()
 
 
 def add_intransigence(results: list[RunResult]) -> None:
