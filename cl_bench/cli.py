@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list scenarios, strategies, models and metrics")
     for cmd in (run, lst):
         cmd.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                         help="a module of yours that registers strategies (repeatable; e.g. my_pkg.my_strategy)")
+                         help="a module of yours that registers strategies, models or datasets (repeatable; e.g. "
+                         "my_pkg.my_strategy)")
     sweep = sub.add_parser(
         "sweep",
         help="the grid of a config whose hyper-parameters are lists; --wandb writes a W&B Sweeps spec",
@@ -59,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     col.add_argument("folders", nargs="+", help="output folders of `cl-bench run` (W&B agents, machines)")
     col.add_argument("--out", required=True, help="folder for the merged runs/ and results.json")
     col.add_argument("--wandb", action="store_true", help="also write the experiment's summary W&B run")
+    best = sub.add_parser(
+        "best", help="select the best configuration of a results folder on a validation metric; print its test metrics",
+        description="Scores every strategy label (a sweep's grid points are labels) by the mean over seeds of a "
+        "validation metric (held-out scenario.val_fraction of each task's training data), selects the best per "
+        "setting, and prints it with its test metrics. Test metrics are never used for selection.")
+    best.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (or `cl-bench collect`)")
+    best.add_argument("--metric", default="val/acc", help="validation metric to select on (default: %(default)s; "
+                      "also val/forgetting, lower is better)")
     report = sub.add_parser("report", help="write a Markdown report with plots from a `cl-bench run` output folder")
     report.add_argument("results_dir", help="the output.dir of a finished `cl-bench run` (holds results.json)")
     report.add_argument("--out", help="report folder (default: reports/<name>)")
@@ -138,20 +147,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "imports", None):
-        from cl_bench.registry import IMPORTS_ENV, import_plugins
+        from cl_bench.registry import PluginImportError, import_plugins
 
         try:
-            import_plugins(args.imports)
-        except ImportError as err:
+            import_plugins(args.imports)  # recorded for the worker processes
+        except PluginImportError as err:
             print(f"config error: {err}", file=sys.stderr)
-            return 2
-        os.environ[IMPORTS_ENV] = ",".join(args.imports)  # worker processes import them too
+            return EXIT_INPUT
     if args.command == "list":
         return cmd_list()
     if args.command == "sweep":
         return cmd_sweep(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "best":
+        return cmd_best(args)
     if args.command == "collect":
         return cmd_collect(args)
     if args.command == "baseline":
@@ -171,9 +181,9 @@ def cmd_list() -> int:
 
     from cl_bench.config import CONFIG_DIR
     from cl_bench.data.scenarios import SCENARIO_KINDS
-    from cl_bench.data.sources import SOURCE_INFO
+    from cl_bench.data.sources import source_info
     from cl_bench.metrics import METRICS
-    from cl_bench.models import MODEL_INFO
+    from cl_bench.models import model_info
     from cl_bench.registry import get_strategy, strategy_names
 
     console = Console()
@@ -191,13 +201,13 @@ def cmd_list() -> int:
     table("scenarios (configs/scenario)",
           [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "scenario").glob("*.yaml"))])
     table("scenario kinds", list(SCENARIO_KINDS.items()))
-    table("datasets", list(SOURCE_INFO.items()))
+    table("datasets", list(source_info().items()))
     table(
         "strategies",
         [(n, f"[{get_strategy(n).family}] " + (get_strategy(n).__doc__ or "").strip().splitlines()[0])
          for n in strategy_names()],
     )
-    table("models", list(MODEL_INFO.items()))
+    table("models", list(model_info().items()))
     table("experiments (configs/experiment)",
           [(p.stem, first_line(p)) for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))])
     table("metrics", [(m, info.doc) for m, info in METRICS.items()])
@@ -243,21 +253,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _execute(plan: Any, console: Any, resume: bool) -> int:
     from omegaconf import OmegaConf
+    from rich.live import Live
     from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
     from rich.table import Table
 
     from cl_bench.config import ConfigError
     from cl_bench.data import DatasetError
     from cl_bench.loggers import logger_config
     from cl_bench.metrics import HEADLINE
+    from cl_bench.progress import Board
     from cl_bench.results import OutputWriteError, aggregate, save_result, write_json_atomic, write_text_atomic
     from cl_bench.runner import (
         RunInterrupted,
@@ -271,31 +275,32 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
 
     interactive = console.is_terminal and not os.environ.get("CI")
     results = []
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not interactive,
-    )
     n_tasks = int(plan.config.scenario.n_tasks)
-    bar = progress.add_task(plan.name, total=n_tasks * len(plan.runs))
-
-    def task_done(spec: Any, task_id: int, module: Any) -> None:
-        progress.update(bar, advance=1, description=spec.run_id)
-
+    board = Board(plan.name, n_tasks * len(plan.runs), plain=not interactive)
+    workers = f", {plan.workers} worker processes" if plan.workers > 1 else ""
+    console.print(f"{plan.name}: {len(plan.runs)} runs x {n_tasks} tasks{workers} -> {plan.output_dir}; "
+                  "loading the data and checking every run first", soft_wrap=True)
+    live = Live(board, console=console, refresh_per_second=4, transient=True) if interactive else None
     try:
-        with progress:
-            for i, result in enumerate(execute(plan, resume=resume, on_task_end=task_done, workers=plan.workers), 1):
-                progress.update(bar, completed=n_tasks * i)
-                if result.status != "ok":
-                    console.print(f"[red]failed[/] {result.run_id}: {result.error}")
-                results.append(result)
+        if live is not None:
+            live.start()
+        for result in execute(plan, resume=resume, workers=plan.workers, on_progress=board):
+            board.result(result.run_id, n_tasks, result.status)
+            if result.status != "ok":
+                console.print(f"[red]failed[/] {result.run_id}: {result.error}")
+            results.append(result)
     except (ConfigError, DatasetError, OutputWriteError) as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return EXIT_INPUT
     except (RunInterrupted, KeyboardInterrupt) as err:
         print(str(err) or f"interrupted; {RESUME_HINT}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if live is not None:
+            live.stop()
     if not process_is_lead():  # another rank of a data-parallel run: rank 0 writes and prints
         return 0
+    console.print(f"done: {board.status()}")
     order = {spec.run_id: i for i, spec in enumerate(plan.runs)}
     results.sort(key=lambda r: order[r.run_id])
     add_intransigence(results)
@@ -366,9 +371,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for label in plan.config.strategy:
             console.print(label)
         console.print(f"{len(plan.runs)} runs; run them here with `cl-bench run` and the same overrides "
-                      "(sweep.workers=N in parallel), or write a W&B Sweeps spec with --wandb")
+                      "(sweep.workers=N in parallel), or write a W&B Sweeps spec with --wandb; then "
+                      f"`cl-bench best {plan.output_dir} --metric val/acc` selects on validation, never on test")
+        if not float(cfg.scenario.get("val_fraction") or 0) > 0:
+            console.print("warning: scenario.val_fraction is 0: no validation split to select on; "
+                          "add scenario.val_fraction=0.1")
         return 0
-    path = write_wandb_sweep(cfg, Path(args.out or Path("sweeps") / plan.name), mode=args.mode)
+    try:
+        path = write_wandb_sweep(cfg, Path(args.out or Path("sweeps") / plan.name), mode=args.mode)
+    except ConfigError as err:
+        console.print(f"[bold red]config error:[/] {err}")
+        return 2
     console.print(f"{len(plan.runs)} runs -> {path}\nnext: `wandb sweep {path}`, then `wandb agent "
                   f"ENTITY/PROJECT/SWEEP_ID` on each machine (see {path.parent / 'README.md'})")
     return 0
@@ -390,6 +403,33 @@ def cmd_collect(args: argparse.Namespace) -> int:
         from cl_bench.wandb_summary import summary_logger_config, write_summary_run
 
         print(f"summary W&B run: {write_summary_run(Path(args.out), summary_logger_config(Path(args.out)))}")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    """``cl-bench best``: the label selected on a validation metric, per setting, with its test metrics."""
+    from pathlib import Path
+
+    from cl_bench.metrics import HEADLINE
+    from cl_bench.report import load_results
+    from cl_bench.select import describe, select
+
+    try:
+        name, runs, agg = load_results(Path(args.results_dir))
+        chosen = select(runs, args.metric)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"{name}: selected on {args.metric} (validation splits; test metrics are reported, never used to select)")
+    for setting, (best, ranked) in chosen.items():
+        print(f"\n{setting}:")
+        for c in ranked:
+            print(f"  {'*' if c is best else ' '} {c.label:<28} {args.metric} = {c.score:.4f}  ({len(c.runs)} seeds)")
+        info = describe(best)
+        print(f"  selected: {best.label} (strategy {info['strategy']}, params {info['params']}, "
+              f"lr {info['optimizer'].get('lr')}, seeds {info['seeds']})")
+        stats = agg.get(f"{setting}/{best.label}", {})
+        print("  test metrics: " + ", ".join(f"{m} {_fmt(stats.get(m))}" for m in HEADLINE))
     return 0
 
 

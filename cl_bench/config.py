@@ -29,16 +29,26 @@ from typing import Any, cast
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONFIG_DIR = Path(os.environ.get("CL_BENCH_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+
+def shipped_configs() -> Path:
+    """The YAML configs: ``cl_bench/configs`` of an installed wheel (hatch force-include), else ``configs/``
+    of the source checkout beside the package."""
+    package = Path(__file__).resolve().parent
+    inside = package / "configs"
+    return inside if (inside / "default.yaml").is_file() else package.parent / "configs"
+
+
+#: ``$CL_BENCH_CONFIGS`` when set, else :func:`shipped_configs`
+CONFIG_DIR = Path(os.environ.get("CL_BENCH_CONFIGS") or shipped_configs())
 GROUPS = ("scenario", "model")
 TOP_LEVEL_KEYS = (
     "name", "scenario", "settings", "model", "strategy", "strategies", "seeds",
-    "trainer", "optimizer", "data", "output", "checks", "logger", "sweep", "experiment",
+    "trainer", "optimizer", "data", "output", "checks", "logger", "sweep", "experiment", "imports",
 )
 SETTINGS = ("class_il", "task_il", "domain_il")
 SEED_RANGE = (0, 2**32 - 1)  # what every seeded generator (numpy, Lightning's seed_everything) accepts
 #: sections that shape the runs but not the result of any one of them: left out of the default folder's hash
-NOT_EXPERIMENT_KEYS = ("name", "output", "sweep", "logger", "seeds", "settings", "strategy", "strategies")
+NOT_EXPERIMENT_KEYS = ("name", "output", "sweep", "logger", "seeds", "settings", "strategy", "strategies", "imports")
 
 
 class ConfigError(ValueError):
@@ -271,6 +281,7 @@ def load_config(overrides: list[str] | None = None, config_file: str | None = No
             if key in layer:
                 cfg[key] = None
         cfg = cast(DictConfig, OmegaConf.merge(cfg, layer))
+    import_config_plugins(cfg, fields)
     cfg.scenario = _resolve_group("scenario", cfg.scenario)
     suggested = cfg.scenario.pop("model", None)  # a scenario names the model its protocol uses
     if cfg.model is None:
@@ -287,6 +298,23 @@ def load_config(overrides: list[str] | None = None, config_file: str | None = No
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; valid: {', '.join(TOP_LEVEL_KEYS)}")
     return cfg
+
+
+def import_config_plugins(cfg: DictConfig, fields: DictConfig) -> None:
+    """Import the modules of ``imports:`` (a list of module names, the overrides' last) before anything
+    looks up a strategy, model or dataset; a module that fails is a :class:`ConfigError` naming it."""
+    from cl_bench.registry import PluginImportError, import_plugins
+
+    value = fields.get("imports", cfg.get("imports")) or []
+    modules = _container(value)
+    if isinstance(modules, str):
+        modules = [modules]
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ConfigError(f"imports must be a list of module names (imports: [my_pkg.my_module]), got {modules!r}")
+    try:
+        import_plugins(modules, where="imports:")
+    except PluginImportError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _strategy_labels(value: Any) -> list[str]:
@@ -358,6 +386,7 @@ def _container(node: Any) -> Any:
 def build_plan(cfg: DictConfig) -> Plan:
     """Validate the whole configuration and expand it into runs (no training)."""
     from cl_bench.data.scenarios import parse_scenario_cfg
+    from cl_bench.data.sources import DatasetError
     from cl_bench.geometry.config import ChecksConfig
     from cl_bench.module import OptimizerConfig
     from cl_bench.registry import get_strategy
@@ -372,7 +401,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     for s in settings:
         try:
             parse_scenario_cfg({**_container(cfg.scenario), "setting": s})
-        except (ValueError, KeyError) as err:
+        except (ValueError, KeyError, DatasetError) as err:
             raise ConfigError(str(err.args[0]) if err.args else str(err)) from err
     seeds = _container(cfg.seeds)
     seeds = [seeds] if isinstance(seeds, int) else seeds

@@ -259,3 +259,20 @@ def _vector(name: str, values: Sequence[float], T: int) -> np.ndarray:
     if not np.isfinite(v).all():
         raise ValueError(f"{name} has non-finite entries: {v.tolist()}")
     return v
+
+
+#: the validation metrics of a run (``val/<name>``); selection (``cl-bench best``, sweeps) uses only these
+VALIDATION_METRICS: dict[str, str] = {
+    "val/acc": "mean_j V[T-1][j]: final validation accuracy averaged over tasks (V: the validation accuracy matrix)",
+    "val/forgetting": "mean_{j<T-1} max_{j<=t<T-1} (V[t][j] - V[T-1][j]): forgetting on the validation splits",
+}
+
+
+def validation_metrics(val_acc: list[list[float]]) -> dict[str, float | None]:
+    """:data:`VALIDATION_METRICS` of the validation accuracy matrix ``V[t][j]`` (a single row: no forgetting)."""
+    last = val_acc[-1]
+    out: dict[str, float | None] = {"val/acc": sum(last) / len(last), "val/forgetting": None}
+    if len(val_acc) > 1 and len(last) > 1:
+        drops = [max(val_acc[t][j] for t in range(j, len(val_acc) - 1)) - last[j] for j in range(len(last) - 1)]
+        out["val/forgetting"] = sum(drops) / len(drops)
+    return out

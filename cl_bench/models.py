@@ -22,6 +22,8 @@ MODEL_INFO: dict[str, str] = {
     "resnet18": "ResNet-18, CIFAR variant (3x3 stem, no max-pool, nf=64) of the DER paper, ~11.2M params",
     "reduced_resnet18": "reduced ResNet-18 (nf=20) of GEM / A-GEM, ~1.1M params",
 }
+TORCHVISION_INFO = ("any torchvision classification model by name (model.torchvision=resnet18), weights from a "
+                    "local file (model.weights), frozen or fine-tuned (model.freeze)")
 HEADS: tuple[str, ...] = ("single", "multi")
 INITS: tuple[str, ...] = ("default", "xavier")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -223,18 +225,41 @@ _KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+def model_info() -> dict[str, str]:
+    """Every model name with its description: the built-in ones, ``torchvision`` and the registered factories."""
+    from cl_bench.registry import MODELS, load_plugins
+
+    load_plugins()
+    own = {n: "[registered] " + ((f.__doc__ or "").strip().splitlines() or [""])[0] for n, f in MODELS.items()}
+    return {**MODEL_INFO, "torchvision": TORCHVISION_INFO, **own}
+
+
+def model_names() -> list[str]:
+    """The valid values of ``model.name``."""
+    return list(model_info())
+
+
 def build_model(
     cfg: Mapping, input_shape: tuple[int, ...], n_outputs: int, task_classes: list[list[int]]
 ) -> Backbone:
-    """Build the backbone named by ``cfg['name']`` (see :data:`MODEL_INFO`).
+    """Build the backbone named by ``cfg['name']`` (see :func:`model_info`; ``torchvision`` and registered
+    factories: :mod:`cl_bench.external_models`).
 
     Keys: ``name``; ``widths`` (mlp, default [100, 100]); ``activation``
     (mlp, cnn: relu | tanh); ``head`` (single | multi, default single).
     A key that the chosen model does not use is an error.
     """
+    from cl_bench import external_models
+    from cl_bench.registry import MODELS, load_plugins
+
     name = cfg.get("name")
+    load_plugins()
+    if name == "torchvision":
+        return external_models.build_torchvision(cfg, input_shape, n_outputs, task_classes)
+    if name in MODELS:
+        return external_models.build_registered(MODELS[name], cfg, input_shape, n_outputs, task_classes)
     if name not in MODEL_INFO:
-        raise ValueError(f"model.name={name!r} is not valid; choose one of {list(MODEL_INFO)}")
+        raise ValueError(f"model.name={name!r} is not valid; choose one of {model_names()}")
     extra = sorted(set(cfg) - set(_KEYS[name]))
     if extra:
         raise KeyError(f"model.{extra[0]} is not used by model.name={name}; valid keys: {list(_KEYS[name])}")

@@ -45,7 +45,8 @@ unreadable.
 
 ``eval_logits(x, task_ids)`` gives the scores used for evaluation (iCaRL swaps in
 its nearest-mean classifier). State that must survive a checkpoint (anchors,
-importances, buffers, masks, bases) lives in registered buffers. The network's
+importances, buffers, masks, bases) lives in registered buffers (:mod:`cl_bench.state`: buffers the
+module owns are loaded at the checkpoint's shape; a tensor kept as a plain attribute stops the run). The network's
 flat parameter vector is defined once, in :mod:`cl_bench.layout`; frozen copies
 kept beside the network (a teacher) are named in ``frozen_copies``.
 """
@@ -66,6 +67,7 @@ from torch import Tensor, nn
 from cl_bench.compiled import CompiledStep, NotCompilable, why_not_compiled
 from cl_bench.data.task import Scenario, Task
 from cl_bench.layout import network_parameters
+from cl_bench.state import resize_buffers
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 log = logging.getLogger(__name__)
@@ -167,6 +169,8 @@ class ContinualModule(L.LightningModule):
     setting_in_training: ClassVar[bool] = False
     #: False when the loss terms cannot be traced by ``torch.compile`` (see :mod:`cl_bench.compiled`)
     compilable: ClassVar[bool] = True
+    #: plain tensor attributes recomputed from saved state, exempt from :func:`cl_bench.state.check_saved_state`
+    transient_state: ClassVar[tuple[str, ...]] = ()
     class_mask: Tensor  # registered buffer [T, n_outputs]
     _setting: str | None
     _bad_step: Tensor  # [] long: batch index of the epoch's first non-finite loss, -1: none
@@ -209,6 +213,12 @@ class ContinualModule(L.LightningModule):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Own buffers take the checkpoint's shapes first (:func:`cl_bench.state.resize_buffers`): grown
+        anchors, bases and importances load without code of the strategy's own."""
+        resize_buffers(self, state_dict, prefix, list(self._buffers))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def setting(self) -> str:

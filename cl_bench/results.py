@@ -24,7 +24,9 @@ class RunResult:
     training task t; ``train_loss[t][j]``: loss on a fixed probe of task j's
     training set (for loss-based forgetting); ``*_init``: the untrained model;
     ``confusion[t][j][y][p]``: task j's test samples of class y scored as class p
-    after training task t (when ``logger.confusion`` is on).
+    after training task t (when ``logger.confusion`` is on); ``val_acc[t][j]``: the
+    accuracy on task j's validation split (``scenario.val_fraction`` > 0), what
+    hyper-parameters are selected on (``cl-bench best``).
     A joint run has a single row (its final model).
     """
 
@@ -47,6 +49,7 @@ class RunResult:
     loss_init: list[float] = field(default_factory=list)
     train_loss_init: list[float] = field(default_factory=list)
     confusion: list[list[list[list[int]]]] = field(default_factory=list)  # [t][j][label][predicted] (logger.confusion)
+    val_acc: list[list[float]] = field(default_factory=list)  # [t][j] on task j's validation split (val_fraction > 0)
     task_sizes: dict[str, list[int]] = field(default_factory=dict)
     steps: list[int] = field(default_factory=list)  # optimiser steps taken in each task (all its phases)
     metrics: dict[str, float | None] = field(default_factory=dict)

@@ -33,18 +33,20 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
+from cl_bench import progress
 from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl_bench.compiled import AUTO_MIN_STEPS
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
 from cl_bench.data import DatasetError, Scenario, Task, TaskBatches, build_scenario, iterate_eval
 from cl_bench.data.batching import Augment, Chunks
-from cl_bench.data.sources import resolve_root, source_fingerprint
+from cl_bench.data.sources import load_source, resolve_root, source_fingerprint, user_source
+from cl_bench.data.user_sources import describe
 from cl_bench.geometry import ChecksConfig, GeometryTracker
 from cl_bench.loggers import LoggerConfig, RunLogger, logger_config
-from cl_bench.metrics import compute_metrics
+from cl_bench.metrics import compute_metrics, validation_metrics
 from cl_bench.models import build_model
 from cl_bench.module import ContinualModule, NonFiniteLossError, OptimizerConfig, Phase
-from cl_bench.registry import get_strategy
+from cl_bench.registry import get_strategy, import_plugins, plugin_modules
 from cl_bench.results import (
     RunResult,
     device_info,
@@ -54,6 +56,7 @@ from cl_bench.results import (
     write_fault,
 )
 from cl_bench.seeds import derive_seed
+from cl_bench.state import UnsavedStateError, check_saved_state
 
 #: called after each task with (spec, task index, module); tests use it to interrupt a run. The module is
 #: None for a run trained in another process (sweep.backend=ray: reported from the run's checkpoints)
@@ -68,6 +71,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is an invalid configuration.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated.*")
+    # a frozen feature extractor (cl_bench.external_models.Frozen) stays in eval mode while the head trains
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
 def resolve_device(cfg: TrainerConfig) -> str:
@@ -174,7 +179,7 @@ def _probe_trainer(cfg: TrainerConfig) -> L.Trainer:
 # ------------------------------------------------------------------ scenarios
 def scenario_key(spec: RunSpec) -> str:
     """A key equal for runs that build the same scenario from the same data (settings, not digests)."""
-    data = {k: v for k, v in spec.data.items() if k != "files"}
+    data = {k: v for k, v in spec.data.items() if k not in ("files", "source")}
     return repr(sorted(spec.scenario.items())) + repr(sorted(data.items()))
 
 
@@ -200,6 +205,7 @@ class Evaluation:
     loss: list[float]
     train_loss: list[float]
     confusion: list[list[list[int]]] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)  # per task, on its validation split (scenario.val_fraction)
 
 
 class Evaluator:
@@ -217,6 +223,8 @@ class Evaluator:
             (t, t.x_test.to(device), t.y_test.to(device), t.x_train[p].to(device), t.y_train[p].to(device))
             for t, p in zip(scenario.tasks, probes)
         ]
+        self.val = [(t, t.x_val.to(device), t.y_val.to(device)) for t in scenario.tasks
+                    if t.x_val is not None and t.y_val is not None]
 
     def _pass(self, module: ContinualModule, task: Task, x: Tensor, y: Tensor,
               train: bool) -> tuple[float, float, list[list[int]]]:
@@ -255,6 +263,8 @@ class Evaluator:
                 out.confusion.append(confusion)
             if len(y_probe):  # trainer.train_loss_probe=0 turns the training-loss matrix off
                 out.train_loss.append(self._pass(module, task, x_probe, y_probe, train=True)[1])
+        for task, x_val, y_val in self.val:  # scored as the test sets are
+            out.val_acc.append(self._pass(module, task, x_val, y_val, train=False)[0])
         module.train(was_training)
         return out
 
@@ -397,6 +407,8 @@ def start_group(specs: list[RunSpec], scenarios: list[Scenario], run_loggers: li
         set_rng_state(behind.saved["rng"])
     module.select_setting(specs[0].setting if len(specs) == 1 else None)
     module.compile_step = wants_compile(runs[-1].trainer_cfg, runs[-1].schedule)
+    progress.emit(kind="run_start", runs=[r.spec.run_id for r in runs], task=behind.done,
+                  tasks=len(runs[-1].schedule))
     return runs
 
 
@@ -441,7 +453,8 @@ def train_task(runs: list[RunState], task: Task, task_ids: Tensor) -> tuple[int,
 
     def new_trainer(phase: Phase) -> L.Trainer:
         callbacks = [r.tracker.callback() for r in runs if r.tracker is not None] + ([counter] if counter else [])
-        return make_trainer(cfg, loggers, callbacks or None, max(1, log_every // k), epochs=phase.epochs)
+        callbacks.append(progress.EpochEvents([r.spec.run_id for r in runs]))
+        return make_trainer(cfg, loggers, callbacks, max(1, log_every // k), epochs=phase.epochs)
 
     t0 = time.perf_counter()
     module.before_task(task)
@@ -523,6 +536,8 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     result.train_loss.append(row.train_loss)
     if row.confusion:
         result.confusion.append(row.confusion)
+    if row.val_acc:
+        result.val_acc.append(row.val_acc)
     result.strategy_memory_bytes.append(module.state_bytes())
     result.steps.append(steps)
     if run.run_logger is not None:
@@ -580,7 +595,12 @@ def run_group(
         for i, (task, task_ids) in enumerate(runs[-1].schedule):
             if all(r.done > i for r in runs):
                 continue
+            ids = [r.spec.run_id for r in runs if r.done == i]
+            progress.emit(kind="task_start", runs=ids, task=i, tasks=len(runs[-1].schedule),
+                          epochs=runs[-1].trainer_cfg.epochs)
             steps, fit_s, after_s, samples = train_task(runs, task, task_ids)
+            if any(r.checkpoint is not None for r in runs):  # before the first checkpoint is written
+                check_saved_state(module, f"after task {task.id}")
             after = rng_state()
             for run in (r for r in runs if r.done == i and r.ranks.lead):
                 set_rng_state(after)
@@ -593,10 +613,11 @@ def run_group(
                 save_progress(run)
             module.select_setting(shared)
             share_lead_state(runs)
+            progress.emit(kind="task_end", runs=ids, task=i)
             if on_task_end is not None:
                 for run in runs:
                     on_task_end(run.spec, task.id, module)
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, UnsavedStateError) as err:
         for run in runs:
             run.result.status, run.result.error = "failed", str(err)
     module.select_setting(runs[-1].spec.setting)
@@ -621,7 +642,15 @@ def run_one(
 
 
 def fill_metrics(result: RunResult, joint_acc: list[float] | None = None) -> None:
-    """Metric variants from the stored matrices (a joint run has only its final row)."""
+    """Metric variants from the stored matrices (a joint run has only its final row), and the
+    validation metrics (:func:`cl_bench.metrics.validation_metrics`) where the scenario has validation splits."""
+    fill_test_metrics(result, joint_acc)
+    if result.val_acc:
+        result.metrics.update(validation_metrics(result.val_acc))
+
+
+def fill_test_metrics(result: RunResult, joint_acc: list[float] | None = None) -> None:
+    """The metrics of the test matrices."""
     if result.joint:  # final-row metrics only
         report = compute_metrics([result.acc[0]] * len(result.acc[0]), None, result.task_sizes["test"], result.setting)
         keep = ("acc", "acc_sample_weighted")
@@ -708,9 +737,13 @@ def restore_superseded(output_dir: Path, spec: RunSpec) -> RunResult | None:
 
 def identify_run(spec: RunSpec) -> None:
     """Put the digests of the data files the run reads into its spec (``data.files``), so that its
-    configuration hash changes with the data and a result of other data is never reused."""
-    files = source_fingerprint(str(spec.scenario["source"]), spec.data.get("root"))
-    spec.data = {**{k: v for k, v in spec.data.items() if k != "files"}, **({"files": files} if files else {})}
+    configuration hash changes with the data and a result of other data is never reused; a dataset of one's
+    own is also described there (``data.source``: name, shapes, dtype, classes)."""
+    source, path = str(spec.scenario["source"]), spec.scenario.get("path")
+    files = source_fingerprint(source, path or spec.data.get("root"))
+    kept = {k: v for k, v in spec.data.items() if k not in ("files", "source")}
+    described = {"source": describe(load_source(source, path))} if user_source(source) else {}
+    spec.data = {**kept, **({"files": files} if files else {}), **described}
 
 
 def identify_data(plan: Plan) -> None:
@@ -758,8 +791,10 @@ def prepare(plan: Plan) -> Prepared:
             except (ValueError, KeyError) as err:
                 raise ConfigError(f"scenario: {err}") from err
         try:
-            training[spec.run_id] = training_key(spec, build_module(spec, scenarios[key]))
-        except (ValueError, KeyError) as err:
+            module = build_module(spec, scenarios[key])
+            check_saved_state(module, "after construction")
+            training[spec.run_id] = training_key(spec, module)
+        except (ValueError, KeyError, UnsavedStateError) as err:
             raise ConfigError(f"{spec.run_id}: {err}") from err
     identify_data(plan)
     return Prepared(scenarios, training)
@@ -908,11 +943,15 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _init_worker(threads: int, parent: int, slots: Any) -> None:
+def _init_worker(threads: int, parent: int, slots: Any, plugins: list[str], events: Any = None) -> None:
     """A pool worker: dies with ``parent``, leaves Ctrl-C to it (the parent ends the pool), uses ``threads``,
-    and takes the next slot of ``slots`` (a queue of 0 .. workers - 1): its own GPU (:func:`worker_gpus`)."""
+    takes the next slot of ``slots`` (a queue of 0 .. workers - 1): its own GPU (:func:`worker_gpus`),
+    imports the parent's plug-in modules (their strategies, models and datasets registered here too) and
+    sends its progress events to the queue ``events`` (when given)."""
     global _ASSIGNED_GPUS
     _die_with_parent(parent)
+    import_plugins(plugins)
+    progress.set_sink(progress.queue_sink(events) if events is not None else None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
     _ASSIGNED_GPUS = worker_gpus(slots.get(), visible_gpus())
@@ -957,7 +996,8 @@ def interrupted_message(output_dir: Path, specs: list[RunSpec]) -> str:
 
 
 def execute(
-    plan: Plan, resume: bool = True, on_task_end: TaskCallback | None = None, workers: int = 1
+    plan: Plan, resume: bool = True, on_task_end: TaskCallback | None = None, workers: int = 1,
+    on_progress: Callable[[progress.Event], None] | None = None,
 ) -> Iterator[RunResult]:
     """Run every spec of the plan; yield results as they finish.
 
@@ -970,7 +1010,10 @@ def execute(
     (``on_task_end`` is then not called) whose workers die with this process;
     ``sweep.backend=ray`` runs each training as a Ray task (:mod:`cl_bench.ray_backend`).
     Ctrl-C (in the main thread) ends every run and raises :class:`RunInterrupted`.
+    ``on_progress`` gets the :mod:`cl_bench.progress` events of every run, from this process or the pool's.
     """
+    progress.set_sink(on_progress)
+    progress.emit(kind="note", text=f"loading the data and checking {len(plan.runs)} runs")
     prepared = prepare(plan)
     scenarios = prepared.scenarios
     preflight(plan, scenarios)
@@ -1009,22 +1052,29 @@ def execute(
                 except RunInterrupted:
                     raise RunInterrupted(interrupted_message(plan.output_dir, group)) from None
             return
-        yield from _execute_pool(plan, groups, log_cfg, workers)
+        yield from _execute_pool(plan, groups, log_cfg, workers, on_progress)
     finally:
+        progress.set_sink(None)
         if main:
             signal.signal(signal.SIGINT, previous)
 
 
-def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig,
-                  workers: int) -> Iterator[RunResult]:
-    """The trainings of ``groups`` in a pool of ``workers`` processes, results as they finish."""
+def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig, workers: int,
+                  on_progress: Callable[[progress.Event], None] | None = None) -> Iterator[RunResult]:
+    """The trainings of ``groups`` in a pool of ``workers`` processes, results as they finish (the workers'
+    progress events through a queue to ``on_progress``)."""
     threads = max(1, torch.get_num_threads() // workers)
     context = get_context("spawn")
     slots = context.Queue()
     for slot in range(workers):
         slots.put(slot)
+    events = context.Queue() if on_progress is not None else None
+    drain = progress.Drain(events, on_progress) if events is not None and on_progress is not None else None
+    if drain is not None:
+        drain.start()
+    progress.emit(kind="note", text=f"starting {workers} worker processes for {len(groups)} trainings")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(threads, os.getpid(), slots))
+                               initargs=(threads, os.getpid(), slots, plugin_modules(), events))
     futures: dict[Future, list[RunSpec]] = {}
     try:
         futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name): group for group in groups}
@@ -1041,6 +1091,8 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
         raise RunInterrupted(interrupted_message(plan.output_dir, unfinished)) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if drain is not None:
+            drain.stop()
 
 
 def add_intransigence(results: list[RunResult]) -> None:

@@ -161,6 +161,10 @@ def apply_grid(cfg: DictConfig) -> DictConfig:
     return out
 
 
+#: what sweeps select on: the final validation accuracy (cl_bench.metrics.VALIDATION_METRICS)
+SELECTION_METRIC = "val/acc"
+
+
 # ---------------------------------------------------------------- W&B Sweeps
 def _settings(cfg: DictConfig) -> list[str]:
     settings: Any = OmegaConf.to_container(cfg.settings) if isinstance(cfg.settings, ListConfig) else cfg.settings
@@ -180,7 +184,7 @@ def wandb_sweep_spec(folded: DictConfig, experiment_yaml: str) -> dict[str, Any]
         "name": str(folded.name),
         "project": w.project,
         "method": "grid",
-        "metric": {"name": "metrics/acc", "goal": "maximize"},
+        "metric": {"name": f"metrics/{SELECTION_METRIC}", "goal": "maximize"},  # validation, never test
         "parameters": {
             "strategy": {"values": list(folded.strategy)},
             "settings": {"values": _settings(folded)},
@@ -212,11 +216,20 @@ def agent_command(spec: dict[str, Any], assignment: dict[str, Any]) -> list[str]
     return out
 
 
+def check_validation_split(cfg: DictConfig) -> None:
+    """A sweep selects on the validation splits: ``scenario.val_fraction`` must be > 0 (a ConfigError else)."""
+    if not float(cfg.scenario.get("val_fraction") or 0) > 0:
+        raise ConfigError("a sweep selects hyper-parameters on validation accuracy (metrics/val/acc), never on test: "
+                          "set scenario.val_fraction (e.g. scenario.val_fraction=0.1) to hold out a validation split")
+
+
 def write_wandb_sweep(cfg: DictConfig, out_dir: Path, mode: str = "online") -> Path:
     """Write ``experiment.yaml``, ``sweep.yaml`` and a ``README.md`` with the agent instructions into
-    ``out_dir``; return the path of ``sweep.yaml``. ``mode``: the W&B mode of the agents' runs."""
+    ``out_dir``; return the path of ``sweep.yaml``. ``mode``: the W&B mode of the agents' runs. The sweep's
+    metric is the validation accuracy (:data:`SELECTION_METRIC`), so ``scenario.val_fraction`` must be > 0."""
     from cl_bench.loggers import logger_config
 
+    check_validation_split(cfg)
     folded = apply_grid(cfg)
     lg = logger_config(folded.get("logger"))
     lg.use = [*lg.use, "wandb"] if "wandb" not in lg.use else lg.use
@@ -242,7 +255,10 @@ def write_wandb_sweep(cfg: DictConfig, out_dir: Path, mode: str = "online") -> P
         "Each machine needs this checkout (with this folder), the data under `data.root` / `$CL_BENCH_DATA`, "
         "and W&B credentials (`wandb login`). An agent runs one (strategy, setting, seed) per assignment, e.g.\n\n"
         f"```bash\n{example}\n```\n\n"
-        "Results go to that machine's `output.dir`; an assignment run again reuses its finished result.\n"
+        "Results go to that machine's `output.dir`; an assignment run again reuses its finished result.\n\n"
+        f"The sweep's metric is `metrics/{SELECTION_METRIC}`, the accuracy on the validation splits "
+        "(`scenario.val_fraction`), never a test metric. After the sweep, `cl-bench collect` the agents' folders "
+        f"and `cl-bench best DIR --metric {SELECTION_METRIC}` prints the selected configuration and its test metrics.\n"
     )
     return path
 

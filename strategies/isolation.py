@@ -120,6 +120,7 @@ class MaskedUpdates(ContinualModule):
     """Coordinates outside :meth:`update_masks` never move, whatever the optimiser."""
 
     family: ClassVar[str] = "isolation"
+    transient_state: ClassVar[tuple[str, ...]] = ("_masks",)  # rebuilt from the saved masks at each fit's start
 
     def update_masks(self) -> dict[str, Tensor]:
         """Backbone parameter name -> bool mask of the coordinates this phase may change (absent: all of them)."""

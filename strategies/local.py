@@ -304,6 +304,7 @@ class SI(QuadraticPenalty):
 
     Params = SIParams
     online = True
+    transient_state = ("_grad",)  # the current step's gradient, written before it is read
     omega: Tensor  # registered buffers [P]: this task's path integral, theta at the task's start
     task_start: Tensor
 

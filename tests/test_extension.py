@@ -83,7 +83,7 @@ def test_import_flag_registers_a_strategy_from_the_users_folder(tmp_path, monkey
     assert main(["list", "--import", "user_strategy_mod"]) == 0
     assert "[user] Fine-tuning, from the user's file." in capsys.readouterr().out
     assert main(["run", "--import", "no_such_module_here"]) == 2
-    assert "--import no_such_module_here: No module named" in capsys.readouterr().err
+    assert "--import no_such_module_here: cannot import it (ModuleNotFoundError" in capsys.readouterr().err
 
 
 def test_ewc_plus_er_trains_with_both_terms_and_no_new_class(tmp_path) -> None:

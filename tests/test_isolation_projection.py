@@ -22,7 +22,15 @@ from torch import Tensor
 
 from cl_bench.config import ConfigError, to_dataclass
 from cl_bench.models import build_model
-from strategies.isolation import GPM, OGD, GPMParams, OGDParams, OrthogonalSGD, OrthogonalSGDParams, ProjectionParams
+from strategies.isolation import (
+    GPM,
+    OGD,
+    GPMParams,
+    OGDParams,
+    OrthogonalSGD,
+    OrthogonalSGDParams,
+    ProjectionParams,
+)
 
 
 # ------------------------------------------------------------------ the stored bases

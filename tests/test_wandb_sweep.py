@@ -89,7 +89,7 @@ def test_bad_axes_are_clear_errors() -> None:
 
 def _written(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], Path, list[str]]:
     overrides = [*BASE, "strategy=[naive,ewc]", "strategies.ewc.lam=[1,10]", "seeds=[0,1]",
-                 f"output.dir={tmp_path / 'out'}", "checks.enabled=false", *extra]
+                 f"output.dir={tmp_path / 'out'}", "checks.enabled=false", "scenario.val_fraction=0.1", *extra]
     path = write_wandb_sweep(load_config(overrides), tmp_path / "sweep", mode="offline")
     return yaml.safe_load(path.read_text()), tmp_path / "sweep" / "experiment.yaml", overrides
 
@@ -190,7 +190,7 @@ def test_under_an_agent_a_run_must_be_single(monkeypatch) -> None:
 def test_cli_sweep_writes_the_spec(tmp_path: Path, capsys) -> None:
     out = tmp_path / "spec"
     assert main(["sweep", "--wandb", "--out", str(out), *BASE, "strategy=[naive,ewc]",
-                 "strategies.ewc.lam=[1,10]"]) == 0
+                 "strategies.ewc.lam=[1,10]", "scenario.val_fraction=0.1"]) == 0
     assert yaml.safe_load((out / "sweep.yaml").read_text())["parameters"]["strategy"]["values"][1] == "ewc@lam=1"
     assert "wandb agent" in (out / "README.md").read_text()
     assert main(["sweep", *BASE, "strategy=ewc", "strategies.ewc.lam=[1,2,3]"]) == 0

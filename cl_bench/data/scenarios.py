@@ -21,7 +21,7 @@ from torch import Tensor
 from cl_bench.seeds import generator
 
 from .batching import Augment
-from .sources import SOURCE_INFO, Source, load_source, source_num_classes, stratified_split
+from .sources import Source, load_source, needs_path, source_info, source_num_classes, stratified_split
 from .task import SETTINGS, Scenario, Setting, Task
 
 SCENARIO_KINDS: dict[str, str] = {
@@ -32,7 +32,7 @@ SCENARIO_KINDS: dict[str, str] = {
 SCENARIO_KEYS: tuple[str, ...] = (
     "name", "kind", "source", "setting", "n_tasks", "classes_per_task", "class_order", "seed",
     "angle_range", "val_fraction", "train_subsample", "test_subsample", "first_identity", "augment",
-    "normalize", "pad_to", "interpolation",
+    "normalize", "pad_to", "interpolation", "path",
 )
 #: rotation resampling: PIL's default (nearest, Mammoth's Rotated-MNIST) or bilinear (cl-bench's default)
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -61,6 +61,7 @@ class ScenarioConfig:
     normalize: bool = True  # false: inputs only scaled to [0, 1] (the DER repository's MNIST protocol)
     pad_to: int | None = None  # zero-pad every image, centred, to pad_to x pad_to before the task transform
     interpolation: str = "bilinear"  # kind=rotated: resampling of the rotation (INTERPOLATIONS)
+    path: str | None = None  # source=npz | pt | image_folder: the file or folder read
 
 
 def _err(key: str, msg: str) -> ValueError:
@@ -134,11 +135,17 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
     kind, source, setting = cfg["kind"], cfg["source"], cfg["setting"]
     if kind not in SCENARIO_KINDS:
         raise _err("kind", f"unknown kind {kind!r}; valid kinds: {', '.join(SCENARIO_KINDS)}")
-    if source not in SOURCE_INFO:
-        raise _err("source", f"unknown dataset {source!r}; valid names: {', '.join(SOURCE_INFO)}")
+    valid_sources = source_info()
+    if source not in valid_sources:
+        raise _err("source", f"unknown dataset {source!r}; valid names: {', '.join(valid_sources)}")
+    path = cfg.get("path")
+    if needs_path(source) and not path:
+        raise KeyError(f"scenario.path is required for source={source} (the file or folder to read)")
+    if path and not needs_path(source):
+        raise _err("path", f"applies only to the file sources (npz, pt, image_folder), not source={source}")
     if setting not in SETTINGS:
         raise _err("setting", f"unknown setting {setting!r}; valid settings: {', '.join(SETTINGS)}")
-    n_classes = source_num_classes(source)
+    n_classes = source_num_classes(source, path)
     n_tasks = _int(cfg, "n_tasks", None, 1)
     assert n_tasks is not None  # required above
     seed = _int(cfg, "seed", 0, 0)
@@ -182,7 +189,7 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
         angle_range=(float(angle_range[0]), float(angle_range[1])), val_fraction=float(val_fraction),
         train_subsample=_int(cfg, "train_subsample", None, 1), test_subsample=_int(cfg, "test_subsample", None, 1),
         first_identity=first_identity, augment=_augment(cfg), normalize=normalize,
-        pad_to=_int(cfg, "pad_to", None, 1), interpolation=interpolation,
+        pad_to=_int(cfg, "pad_to", None, 1), interpolation=interpolation, path=str(path) if path else None,
     )
 
 
@@ -296,7 +303,7 @@ def build_scenario(cfg: Mapping[str, Any], root: str | os.PathLike | None = None
     domain_il relabels split tasks to the within-task index (n_outputs = k).
     """
     spec = parse_scenario_cfg(cfg)
-    src = load_source(spec.source, root, download)
+    src = load_source(spec.source, spec.path or root, download)
     if spec.pad_to is not None:
         h, w = src.input_shape[1:]
         if spec.pad_to < max(h, w):

@@ -390,15 +390,58 @@ _CACHE: dict[tuple[str, str | None, bool], Source] = {}
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+def _user_spec(name: str) -> _Spec | None:
+    """The spec of a file format (``scenario.path``) or a registered dataset factory (:mod:`.user_sources`)."""
+    from cl_bench.registry import DATASETS, load_plugins
+
+    from .user_sources import FILE_FORMATS, image_files, load_file, load_registered
+
+    if name in FILE_FORMATS:
+        return _Spec(FILE_FORMATS[name], 0, lambda root, download, verify: load_file(name, root),
+                     (lambda root: image_files(root)) if name == "image_folder" else (lambda root: [root]))
+    load_plugins()
+    if name in DATASETS:
+        factory = DATASETS[name]
+        doc = ((factory.__doc__ or "").strip().splitlines() or ["your dataset"])[0]
+        return _Spec(f"[registered] {doc}", 0, lambda root, download, verify: load_registered(name, factory),
+                     uses_root=False)
+    return None
+
+
+def source_info() -> dict[str, str]:
+    """Every valid ``scenario.source`` with its description: built-in, file formats, registered factories."""
+    from cl_bench.registry import DATASETS, load_plugins
+
+    from .user_sources import FILE_FORMATS
+
+    load_plugins()
+    return {**SOURCE_INFO, **FILE_FORMATS, **{n: _user_spec(n).description for n in DATASETS}}  # type: ignore[union-attr]
+
+
+def user_source(name: str) -> bool:
+    """Whether ``name`` is a file format or a registered factory (data described in the run's config)."""
+    return name not in _SPECS and _user_spec(name) is not None
+
+
+def needs_path(name: str) -> bool:
+    """Whether ``scenario.source=name`` reads the file or folder of ``scenario.path``."""
+    from .user_sources import FILE_FORMATS
+
+    return name in FILE_FORMATS
+
+
 def _spec(name: str) -> _Spec:
-    if name not in _SPECS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(_SPECS)}")
-    return _SPECS[name]
+    spec = _SPECS.get(name) or _user_spec(name)
+    if spec is None:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(source_info())}")
+    return spec
 
 
-def source_num_classes(name: str) -> int:
-    """Number of classes of a dataset, known without loading it (for config validation)."""
-    return _spec(name).n_classes
+def source_num_classes(name: str, root: str | os.PathLike | None = None) -> int:
+    """Number of classes of a dataset: known without loading it for the built-in ones; a dataset of one's own
+    (``root``: its ``scenario.path``) is loaded (once per process) to count them."""
+    spec = _spec(name)
+    return spec.n_classes or load_source(name, root).n_classes
 
 
 def load_source(name: str, root: str | os.PathLike | None = None, download: bool = False,
@@ -440,4 +483,5 @@ def source_fingerprint(name: str, root: str | os.PathLike | None = None) -> dict
     present under the resolved root (keyed by the path below the root); empty for embedded datasets."""
     spec = _spec(name)
     resolved = resolve_root(root)
-    return {str(p.relative_to(resolved)): _digest(p) for p in spec.files(resolved) if p.is_file()}
+    return {(str(p.relative_to(resolved)) if p != resolved else p.name): _digest(p)
+            for p in spec.files(resolved) if p.is_file()}
