@@ -24,10 +24,11 @@ import torch
 from cl_bench import runner
 from cl_bench.config import ConfigError, Plan, RayConfig, RunSpec, TrainerConfig
 from cl_bench.loggers import LoggerConfig
+from cl_bench.registry import IMPORTS_ENV, load_plugins
 from cl_bench.results import RunResult
 
 #: environment a run reads that the driver's shell may set but a cluster's worker processes do not inherit
-FORWARDED_ENV = ("CL_BENCH_DATA", "CUBLAS_WORKSPACE_CONFIG", "WANDB_MODE", "WANDB_DIR")
+FORWARDED_ENV = ("CL_BENCH_DATA", "CUBLAS_WORKSPACE_CONFIG", "WANDB_MODE", "WANDB_DIR", IMPORTS_ENV)
 PROGRESS_PERIOD_S = 1.0
 INSTALL_HINT = "sweep.backend=ray needs Ray: install the extra (pip install 'cl-bench[ray]', or uv sync --extra ray)"
 
@@ -63,6 +64,7 @@ def train_on_worker(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfi
     import ray
 
     os.environ.update(env)
+    load_plugins()  # the driver's --import / imports: modules (importable on every node), registered here too
     torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
     runner._ASSIGNED_GPUS = [int(g) for g in ray.get_gpu_ids()]
     where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
