@@ -39,6 +39,15 @@ SETTINGS = ("class_il", "task_il", "domain_il")
 SEED_RANGE = (0, 2**32 - 1)  # what every seeded generator (numpy, Lightning's seed_everything) accepts
 #: sections that shape the runs but not the result of any one of them: left out of the default folder's hash
 NOT_EXPERIMENT_KEYS = ("name", "output", "sweep", "logger", "seeds", "settings", "strategy", "strategies")
+#: ``scenario.seed`` value that gives every run the scenario drawn from its own training seed
+PER_RUN = "per_run"
+#: scenario kinds whose published protocols draw the task transforms anew in every run (Mammoth's
+#: Permuted- and Rotated-MNIST seed numpy with the run's seed before drawing them)
+REDRAWN_PER_RUN = {"permuted": "permutations", "rotated": "rotation angles"}
+
+
+class ScenarioDrawWarning(UserWarning):
+    """Several training seeds share one draw of a scenario that published protocols redraw per run."""
 
 
 class ConfigError(ValueError):
@@ -326,9 +335,11 @@ def build_plan(cfg: DictConfig) -> Plan:
     for s in settings:
         if s not in SETTINGS:
             raise ConfigError(f"settings: unknown setting {s!r}; valid: {', '.join(SETTINGS)}")
+    scenario_cfg = _container(cfg.scenario)
+    per_run = scenario_cfg.get("seed") == PER_RUN
     for s in settings:
         try:
-            parse_scenario_cfg({**_container(cfg.scenario), "setting": s})
+            parse_scenario_cfg({**scenario_cfg, "setting": s, **({"seed": 0} if per_run else {})})
         except (ValueError, KeyError) as err:
             raise ConfigError(str(err.args[0]) if err.args else str(err)) from err
     seeds = _container(cfg.seeds)
@@ -345,6 +356,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     if outside:
         raise ConfigError(f"seeds {outside} outside [{low}, {high}] (the range of the seeded generators)")
     _check_finite(_container(cfg), "")
+    warn_shared_draw(scenario_cfg, seeds)
     to_dataclass(DataConfig, _container(cfg.get("data")), "data")
     output = to_dataclass(OutputConfig, _container(cfg.get("output")), "output")
     to_dataclass(TrainerConfig, cfg.trainer, "trainer")  # global sections are checked even when
@@ -375,7 +387,7 @@ def build_plan(cfg: DictConfig) -> Plan:
                     RunSpec(
                         label=label, strategy_class=class_name, setting=setting, seed=seed, params=params,
                         trainer=s_trainer, optimizer=s_optim, model=_container(cfg.model),
-                        scenario={**_container(cfg.scenario), "setting": setting},
+                        scenario=run_scenario(scenario_cfg, setting, seed),
                         data=_container(cfg.data) or {}, checks=_container(cfg.get("checks")) or {},
                     )
                 )
@@ -383,6 +395,26 @@ def build_plan(cfg: DictConfig) -> Plan:
     sweep = to_dataclass(SweepConfig, cfg.get("sweep"), "sweep")
     out = Path(output.dir) if output.dir is not None else default_output_dir(cfg)
     return Plan(name=name, output_dir=out, runs=runs, config=cfg, workers=sweep.workers)
+
+
+def run_scenario(scenario: dict[str, Any], setting: str, seed: int) -> dict[str, Any]:
+    """The scenario section of one run: its setting, and with ``seed: per_run`` the run's training seed
+    as the scenario seed (its own class order, permutations, angles and subsets)."""
+    return {**scenario, "setting": setting, **({"seed": seed} if scenario.get("seed") == PER_RUN else {})}
+
+
+def warn_shared_draw(scenario: dict[str, Any], seeds: list[int]) -> None:
+    """A :class:`ScenarioDrawWarning` when several seeds train on one fixed draw of a scenario kind whose
+    published protocols redraw it in every run: their spread then leaves out the spread over draws."""
+    what = REDRAWN_PER_RUN.get(str(scenario.get("kind")))
+    if what is None or len(seeds) < 2 or scenario.get("seed") == PER_RUN:
+        return
+    import warnings
+
+    warnings.warn(ScenarioDrawWarning(
+        f"scenario.seed={scenario.get('seed', 0)}: all {len(seeds)} seeds train on one draw of the {what}, "
+        f"while published {scenario.get('kind')} protocols (e.g. Mammoth's) draw them anew per run; "
+        f"set scenario.seed={PER_RUN} for a draw per seed (docs/protocols.md)"), stacklevel=2)
 
 
 def _check_finite(node: Any, where: str) -> None:

@@ -277,6 +277,7 @@ def open_run(spec: RunSpec, scenario: Scenario, module: ContinualModule, device:
         result = RunResult(
             run_id=spec.run_id, label=spec.label, strategy=spec.strategy_class, family=module.family,
             setting=spec.setting, seed=spec.seed, scenario=scenario.name, config=asdict(spec),
+            scenario_seed=int(spec.scenario.get("seed", 0)),
             config_hash=spec.config_hash(), joint=joint, acc_init=init.acc, loss_init=init.loss,
             train_loss_init=init.train_loss,
             task_sizes={"train": [t.n_train for t in scenario.tasks], "test": [t.n_test for t in scenario.tasks]},
