@@ -36,6 +36,7 @@ TOP_LEVEL_KEYS = (
     "trainer", "optimizer", "data", "output", "checks", "logger", "sweep", "experiment",
 )
 SETTINGS = ("class_il", "task_il", "domain_il")
+CLIP_ALGORITHMS = ("norm", "value")  # trainer.gradient_clip_algorithm (Lightning's names)
 SEED_RANGE = (0, 2**32 - 1)  # what every seeded generator (numpy, Lightning's seed_everything) accepts
 #: sections that shape the runs but not the result of any one of them: left out of the default folder's hash
 NOT_EXPERIMENT_KEYS = ("name", "output", "sweep", "logger", "seeds", "settings", "strategy", "strategies")
@@ -64,6 +65,9 @@ class TrainerConfig:
     eval_batch_size: int = 1024
     train_loss_probe: int = 1000
     mask_train_logits: bool = False
+    mask_unseen_classes: bool = False  # training logits of classes of tasks not yet trained set to -inf
+    gradient_clip_val: float | None = None  # clip every step's gradients (ContinualModule.clip_gradients_)
+    gradient_clip_algorithm: str = "norm"  # norm: one global L2 norm <= val; value: every entry in [-val, val]
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
@@ -82,6 +86,11 @@ class TrainerConfig:
             raise ValueError(f"train_loss_probe must be >= 0, got {self.train_loss_probe}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be -1 (off) or >= 1, got {self.max_steps}")
+        if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
+            raise ValueError(f"gradient_clip_val must be > 0 (or null: no clipping), got {self.gradient_clip_val}")
+        if self.gradient_clip_algorithm not in CLIP_ALGORITHMS:
+            raise ValueError(f"gradient_clip_algorithm={self.gradient_clip_algorithm!r}; "
+                             f"valid: {', '.join(CLIP_ALGORITHMS)}")
         valid = precision_values()
         if str(self.precision) not in valid:
             raise ValueError(f"precision={self.precision!r} is not one of Lightning's: {', '.join(valid)}")

@@ -204,7 +204,11 @@ def build_module(spec: RunSpec, scenario: Scenario) -> ContinualModule:
     backbone = build_model(spec.model, scenario.input_shape, scenario.n_outputs, scenario.task_classes())
     params = to_dataclass(cls.Params, spec.params, f"strategies.{spec.label}")
     trainer = TrainerConfig(**spec.trainer)
-    return cls(backbone, scenario, params, OptimizerConfig(**spec.optimizer), trainer.mask_train_logits)
+    module = cls(backbone, scenario, params, OptimizerConfig(**spec.optimizer), trainer.mask_train_logits)
+    module.gradient_clip_val = trainer.gradient_clip_val
+    module.gradient_clip_algorithm = trainer.gradient_clip_algorithm
+    module.mask_unseen_classes = trainer.mask_unseen_classes
+    return module
 
 
 def _peak_memory(device: str) -> dict[str, int]:
@@ -305,6 +309,7 @@ def start_group(specs: list[RunSpec], scenarios: list[Scenario], run_loggers: li
     behind = min(runs, key=lambda r: r.done)
     if behind.saved is not None:
         module.load_state_dict(behind.saved["module"])
+        module.load_optimizer_state(behind.saved.get("optimizer"))
         set_rng_state(behind.saved["rng"])
     module.select_setting(specs[0].setting if len(specs) == 1 else None)
     return runs
@@ -379,6 +384,7 @@ def save_progress(run: RunState) -> None:
     save_checkpoint(
         run.checkpoint,
         {"config_hash": run.spec.config_hash(), "module": run.module.state_dict(), "result": run.result.to_dict(),
+         "optimizer": run.module.optimizer_state(),
          "rng": rng_state(), "tracker": run.tracker.state_dict() if run.tracker is not None else None,
          "logger": run.run_logger.state() if run.run_logger is not None else None},
     )
