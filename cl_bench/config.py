@@ -64,6 +64,7 @@ class TrainerConfig:
     batch_size: int = 32
     eval_batch_size: int = 1024
     train_loss_probe: int = 1000
+    eval_every: Any = 1  # evaluate every task after every n-th task (and the last); "last": after the last only
     mask_train_logits: bool = False
     mask_unseen_classes: bool = False  # training logits of classes of tasks not yet trained set to -inf
     gradient_clip_val: float | None = None  # clip every step's gradients (ContinualModule.clip_gradients_)
@@ -86,6 +87,9 @@ class TrainerConfig:
             raise ValueError(f"train_loss_probe must be >= 0, got {self.train_loss_probe}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be -1 (off) or >= 1, got {self.max_steps}")
+        every = self.eval_every
+        if every != "last" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"eval_every must be an integer >= 1 (every n-th task) or 'last', got {every!r}")
         if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
             raise ValueError(f"gradient_clip_val must be > 0 (or null: no clipping), got {self.gradient_clip_val}")
         if self.gradient_clip_algorithm not in CLIP_ALGORITHMS:
@@ -94,6 +98,14 @@ class TrainerConfig:
         valid = precision_values()
         if str(self.precision) not in valid:
             raise ValueError(f"precision={self.precision!r} is not one of Lightning's: {', '.join(valid)}")
+
+
+    def evaluates_after(self, task: int, n_tasks: int) -> bool:
+        """Whether every task is evaluated after training task ``task`` (0-based) of ``n_tasks``: after the
+        last task always, after the others when ``eval_every`` = n divides ``task + 1``."""
+        if task == n_tasks - 1:
+            return True
+        return self.eval_every != "last" and (task + 1) % int(self.eval_every) == 0
 
 
 def precision_values() -> tuple[str, ...]:

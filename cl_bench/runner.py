@@ -357,7 +357,8 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     """Evaluate every task (row t of the matrices), then the checks of past tasks and task t's snapshot."""
     result, module = run.result, run.module
     t0 = time.perf_counter()
-    row = run.evaluator(module)
+    evaluated = run.trainer_cfg.evaluates_after(len(result.acc), len(run.schedule))
+    row = run.evaluator(module) if evaluated else skipped_row(run)
     t1 = time.perf_counter()
     result.timings["eval"].append(t1 - t0)
     if run.tracker is not None:  # checks of every past task at theta_t, then task t's own snapshot
@@ -367,13 +368,22 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     result.acc.append(row.acc)
     result.loss.append(row.loss)
     result.train_loss.append(row.train_loss)
-    if row.confusion:
-        result.confusion.append(row.confusion)
+    if row.confusion or (run.evaluator.n_classes and not evaluated):
+        result.confusion.append(row.confusion)  # an unevaluated row: [] (rows stay aligned with acc)
     result.strategy_memory_bytes.append(module.state_bytes())
     if run.run_logger is not None:
-        run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps, confusion=row.confusion or None)
+        if evaluated:
+            run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps, confusion=row.confusion or None)
         if len(result.acc) == len(run.schedule):
             run.run_logger.log_model(module)
+
+
+def skipped_row(run: RunState) -> Evaluation:
+    """The row of a task after which ``trainer.eval_every`` evaluates nothing: None for every entry
+    (JSON null; the metrics that need the row are undefined, never 0)."""
+    n = run.scenario.n_tasks
+    probes = bool(run.result.train_loss_init)
+    return Evaluation([None] * n, [None] * n, [None] * n if probes else [])  # type: ignore[list-item]
 
 
 def save_progress(run: RunState) -> None:
@@ -561,7 +571,7 @@ def identify_data(plan: Plan) -> None:
 
 
 #: trainer keys read only by the evaluation
-EVALUATION_ONLY = ("eval_batch_size", "train_loss_probe")
+EVALUATION_ONLY = ("eval_batch_size", "train_loss_probe", "eval_every")
 
 
 def training_key(spec: RunSpec, module: ContinualModule) -> str:
