@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -145,6 +145,8 @@ class SweepConfig:
     """How the runs of one experiment are executed on this machine."""
 
     workers: int = 1  # processes in the local pool; 1 = in this process
+    scenario_cache: bool = True  # built scenarios cached on disk (cl_bench.data.cache); false: built in every process
+    cache_dir: Optional[str] = None  # null: $CL_BENCH_CACHE/scenarios, else ~/.cache/cl_bench/scenarios
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -186,6 +188,7 @@ class Plan:
     runs: list[RunSpec]
     config: DictConfig
     workers: int = 1
+    cache_dir: Path | None = None  # where built scenarios are cached; None: not cached
 
 
 # ----------------------------------------------------------------- loading
@@ -415,7 +418,10 @@ def build_plan(cfg: DictConfig) -> Plan:
     to_dataclass(ChecksConfig, cfg.get("checks"), "checks")
     sweep = to_dataclass(SweepConfig, cfg.get("sweep"), "sweep")
     out = Path(output.dir) if output.dir is not None else default_output_dir(cfg)
-    return Plan(name=name, output_dir=out, runs=runs, config=cfg, workers=sweep.workers)
+    from cl_bench.data.cache import cache_folder
+
+    cache = cache_folder(sweep.cache_dir) if sweep.scenario_cache else None
+    return Plan(name=name, output_dir=out, runs=runs, config=cfg, workers=sweep.workers, cache_dir=cache)
 
 
 def run_scenario(scenario: dict[str, Any], setting: str, seed: int) -> dict[str, Any]:

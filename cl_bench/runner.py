@@ -37,6 +37,7 @@ from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
 from cl_bench.data import DatasetError, Scenario, Task, TaskBatches, build_scenario, iterate_eval
 from cl_bench.data.batching import Augment
+from cl_bench.data.cache import ScenarioCache
 from cl_bench.data.sources import resolve_root, source_fingerprint
 from cl_bench.geometry import ChecksConfig, GeometryTracker
 from cl_bench.loggers import LoggerConfig, RunLogger, logger_config
@@ -90,10 +91,16 @@ def scenario_key(spec: RunSpec) -> str:
     return repr(sorted(spec.scenario.items())) + repr(sorted(data.items()))
 
 
-def load_scenario(spec: RunSpec) -> Scenario:
-    """The scenario of a run (augmentation is left to the batcher)."""
+def load_scenario(spec: RunSpec, cache_dir: Path | None = None) -> Scenario:
+    """The scenario of a run (augmentation is left to the batcher); with ``cache_dir`` loaded from the
+    disk cache when a process built it before (:mod:`cl_bench.data.cache`), else built and cached."""
     cfg = {k: v for k, v in spec.scenario.items() if k != "augment"}
-    return build_scenario(cfg, root=spec.data.get("root"), download=bool(spec.data.get("download", False)))
+    root = spec.data.get("root")
+
+    def build() -> Scenario:
+        return build_scenario(cfg, root=root, download=bool(spec.data.get("download", False)))
+
+    return ScenarioCache(cache_dir).get(cfg, root, build) if cache_dir is not None else build()
 
 
 def augment_of(spec: RunSpec) -> Augment | None:
@@ -603,7 +610,7 @@ def prepare(plan: Plan) -> Prepared:
         key = scenario_key(spec)
         if key not in scenarios:
             try:
-                scenarios[key] = load_scenario(spec)
+                scenarios[key] = load_scenario(spec, plan.cache_dir)
             except DatasetError:
                 raise
             except (ValueError, KeyError) as err:
@@ -744,11 +751,12 @@ def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)  # a run's trainer.num_threads, when set, takes precedence
 
 
-def _worker_run(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, experiment: str) -> list[RunResult]:
+def _worker_run(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, experiment: str,
+                cache_dir: Path | None = None) -> list[RunResult]:
     for spec in specs:
         key = scenario_key(spec)
         if key not in _WORKER_SCENARIOS:
-            _WORKER_SCENARIOS[key] = load_scenario(spec)
+            _WORKER_SCENARIOS[key] = load_scenario(spec, cache_dir)
     return run_and_save(specs, [_WORKER_SCENARIOS[scenario_key(s)] for s in specs], output_dir, log_cfg, experiment)
 
 
@@ -840,7 +848,8 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
                                initargs=(threads, os.getpid()))
     futures: dict[Future, list[RunSpec]] = {}
     try:
-        futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name): group for group in groups}
+        futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name, plan.cache_dir): group
+                   for group in groups}
         for future in as_completed(futures):
             yield from future.result()
     except (RunInterrupted, GeneratorExit) as stop:
