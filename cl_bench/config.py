@@ -153,6 +153,15 @@ class SweepConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
 
 
+#: protocol options whose default leaves training and evaluation unchanged: left out of a run's identity
+#: at that value, so a run that does not use them keeps the hash (and stored result) it has without them
+OPTIONAL_AT_DEFAULT: dict[str, dict[str, Any]] = {
+    "trainer": {"eval_every": 1, "mask_unseen_classes": False, "gradient_clip_val": None,
+                "gradient_clip_algorithm": "norm"},
+    "optimizer": {"carry_over": False},
+}
+
+
 @dataclass
 class RunSpec:
     """One training run: a strategy (with its hyper-parameters) x setting x seed."""
@@ -173,9 +182,18 @@ class RunSpec:
     def run_id(self) -> str:
         return f"{self.setting}/{self.label}/seed{self.seed}"
 
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the result; the options of :data:`OPTIONAL_AT_DEFAULT` only when set."""
+        fields = dataclasses.asdict(self)
+        for section, defaults in OPTIONAL_AT_DEFAULT.items():
+            for key, value in defaults.items():
+                if fields[section].get(key, value) == value:
+                    fields[section].pop(key, None)
+        return fields
+
     def config_hash(self) -> str:
-        """Hash of everything that determines the result (identifies a run on resume)."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        """Hash of :meth:`identity` (identifies a run on resume and its stored result)."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -208,3 +208,23 @@ def test_unseen_classes_are_masked_out_of_the_training_loss() -> None:
     unmasked = module.task_loss(Step(x, torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long)))
     logits = module(x).detach()
     torch.testing.assert_close(unmasked.detach(), -(logits[:, 0] - torch.logsumexp(logits, 1)).mean())
+
+
+def test_options_at_their_default_leave_the_run_identity_unchanged() -> None:
+    import dataclasses
+    import hashlib
+    import json
+
+    from cl_bench.config import OPTIONAL_AT_DEFAULT
+
+    (spec,) = build_plan(load_config(["strategy=naive", "settings=[class_il]"])).runs
+    plain = dataclasses.asdict(spec)
+    for section, defaults in OPTIONAL_AT_DEFAULT.items():
+        for key in defaults:
+            del plain[section][key]
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert spec.config_hash() == digest  # the hash of the spec without the options
+    for override in ("optimizer.carry_over=true", "trainer.eval_every=last", "trainer.gradient_clip_val=1.0",
+                     "trainer.mask_unseen_classes=true"):
+        (other,) = build_plan(load_config(["strategy=naive", "settings=[class_il]", override])).runs
+        assert other.config_hash() != spec.config_hash(), override
