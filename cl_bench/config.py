@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -46,9 +46,19 @@ TOP_LEVEL_KEYS = (
     "trainer", "optimizer", "data", "output", "checks", "logger", "sweep", "experiment", "imports",
 )
 SETTINGS = ("class_il", "task_il", "domain_il")
+CLIP_ALGORITHMS = ("norm", "value")  # trainer.gradient_clip_algorithm (Lightning's names)
 SEED_RANGE = (0, 2**32 - 1)  # what every seeded generator (numpy, Lightning's seed_everything) accepts
 #: sections that shape the runs but not the result of any one of them: left out of the default folder's hash
 NOT_EXPERIMENT_KEYS = ("name", "output", "sweep", "logger", "seeds", "settings", "strategy", "strategies", "imports")
+#: ``scenario.seed`` value that gives every run the scenario drawn from its own training seed
+PER_RUN = "per_run"
+#: scenario kinds whose published protocols draw the task transforms anew in every run (Mammoth's
+#: Permuted- and Rotated-MNIST seed numpy with the run's seed before drawing them)
+REDRAWN_PER_RUN = {"permuted": "permutations", "rotated": "rotation angles"}
+
+
+class ScenarioDrawWarning(UserWarning):
+    """Several training seeds share one draw of a scenario that published protocols redraw per run."""
 
 
 class ConfigError(ValueError):
@@ -69,7 +79,11 @@ class TrainerConfig:
     batch_size: int = 32
     eval_batch_size: int = 1024
     train_loss_probe: int = 1000
+    eval_every: Any = 1  # evaluate every task after every n-th task (and the last); "last": after the last only
     mask_train_logits: bool = False
+    mask_unseen_classes: bool = False  # training logits of classes of tasks not yet trained set to -inf
+    gradient_clip_val: float | None = None  # clip every step's gradients (ContinualModule.clip_gradients_)
+    gradient_clip_algorithm: str = "norm"  # norm: one global L2 norm <= val; value: every entry in [-val, val]
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
@@ -93,6 +107,14 @@ class TrainerConfig:
             raise ValueError(f"steps_per_call must be 'auto' or an integer >= 1, got {spc!r}")
         if self.compile not in ("auto", True, False):
             raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
+        every = self.eval_every
+        if every != "last" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"eval_every must be an integer >= 1 (every n-th task) or 'last', got {every!r}")
+        if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
+            raise ValueError(f"gradient_clip_val must be > 0 (or null: no clipping), got {self.gradient_clip_val}")
+        if self.gradient_clip_algorithm not in CLIP_ALGORITHMS:
+            raise ValueError(f"gradient_clip_algorithm={self.gradient_clip_algorithm!r}; "
+                             f"valid: {', '.join(CLIP_ALGORITHMS)}")
         valid = precision_values()
         if str(self.precision) not in valid:
             raise ValueError(f"precision={self.precision!r} is not one of Lightning's: {', '.join(valid)}")
@@ -103,6 +125,14 @@ class TrainerConfig:
         if self.steps_per_call != "auto":
             return int(self.steps_per_call)
         return min(AUTO_STEPS_PER_CALL, log_every_n_steps or AUTO_STEPS_PER_CALL)
+
+
+    def evaluates_after(self, task: int, n_tasks: int) -> bool:
+        """Whether every task is evaluated after training task ``task`` (0-based) of ``n_tasks``: after the
+        last task always, after the others when ``eval_every`` = n divides ``task + 1``."""
+        if task == n_tasks - 1:
+            return True
+        return self.eval_every != "last" and (task + 1) % int(self.eval_every) == 0
 
 
 def precision_values() -> tuple[str, ...]:
@@ -165,12 +195,23 @@ class SweepConfig:
     workers: int = 1  # processes in the local pool; 1 = in this process
     backend: str = "local"  # local | ray
     ray: RayConfig = field(default_factory=RayConfig)
+    scenario_cache: bool = True  # built scenarios cached on disk (cl_bench.data.cache); false: built in every process
+    cache_dir: Optional[str] = None  # null: $CL_BENCH_CACHE/scenarios, else ~/.cache/cl_bench/scenarios
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.backend not in SWEEP_BACKENDS:
             raise ValueError(f"backend={self.backend!r}; valid: {', '.join(SWEEP_BACKENDS)}")
+
+
+#: protocol options whose default leaves training and evaluation unchanged: left out of a run's identity
+#: at that value, so a run that does not use them keeps the hash (and stored result) it has without them
+OPTIONAL_AT_DEFAULT: dict[str, dict[str, Any]] = {
+    "trainer": {"eval_every": 1, "mask_unseen_classes": False, "gradient_clip_val": None,
+                "gradient_clip_algorithm": "norm", "steps_per_call": "auto", "compile": False},
+    "optimizer": {"carry_over": False},
+}
 
 
 @dataclass
@@ -193,9 +234,18 @@ class RunSpec:
     def run_id(self) -> str:
         return f"{self.setting}/{self.label}/seed{self.seed}"
 
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the result; the options of :data:`OPTIONAL_AT_DEFAULT` only when set."""
+        fields = dataclasses.asdict(self)
+        for section, defaults in OPTIONAL_AT_DEFAULT.items():
+            for key, value in defaults.items():
+                if fields[section].get(key, value) == value:
+                    fields[section].pop(key, None)
+        return fields
+
     def config_hash(self) -> str:
-        """Hash of everything that determines the result (identifies a run on resume)."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        """Hash of :meth:`identity` (identifies a run on resume and its stored result)."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -209,6 +259,7 @@ class Plan:
     config: DictConfig
     workers: int = 1
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    cache_dir: Path | None = None  # where built scenarios are cached; None: not cached
 
 
 # ----------------------------------------------------------------- loading
@@ -398,9 +449,11 @@ def build_plan(cfg: DictConfig) -> Plan:
     for s in settings:
         if s not in SETTINGS:
             raise ConfigError(f"settings: unknown setting {s!r}; valid: {', '.join(SETTINGS)}")
+    scenario_cfg = _container(cfg.scenario)
+    per_run = scenario_cfg.get("seed") == PER_RUN
     for s in settings:
         try:
-            parse_scenario_cfg({**_container(cfg.scenario), "setting": s})
+            parse_scenario_cfg({**scenario_cfg, "setting": s, **({"seed": 0} if per_run else {})})
         except (ValueError, KeyError, DatasetError) as err:
             raise ConfigError(str(err.args[0]) if err.args else str(err)) from err
     seeds = _container(cfg.seeds)
@@ -417,6 +470,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     if outside:
         raise ConfigError(f"seeds {outside} outside [{low}, {high}] (the range of the seeded generators)")
     _check_finite(_container(cfg), "")
+    warn_shared_draw(scenario_cfg, seeds)
     to_dataclass(DataConfig, _container(cfg.get("data")), "data")
     output = to_dataclass(OutputConfig, _container(cfg.get("output")), "output")
     to_dataclass(TrainerConfig, cfg.trainer, "trainer")  # global sections are checked even when
@@ -447,14 +501,38 @@ def build_plan(cfg: DictConfig) -> Plan:
                     RunSpec(
                         label=label, strategy_class=class_name, setting=setting, seed=seed, params=params,
                         trainer=s_trainer, optimizer=s_optim, model=_container(cfg.model),
-                        scenario={**_container(cfg.scenario), "setting": setting},
+                        scenario=run_scenario(scenario_cfg, setting, seed),
                         data=_container(cfg.data) or {}, checks=_container(cfg.get("checks")) or {},
                     )
                 )
     to_dataclass(ChecksConfig, cfg.get("checks"), "checks")
     sweep = to_dataclass(SweepConfig, cfg.get("sweep"), "sweep")
     out = Path(output.dir) if output.dir is not None else default_output_dir(cfg)
-    return Plan(name=name, output_dir=out, runs=runs, config=cfg, workers=sweep.workers, sweep=sweep)
+    from cl_bench.data.cache import cache_folder
+
+    cache = cache_folder(sweep.cache_dir) if sweep.scenario_cache else None
+    return Plan(name=name, output_dir=out, runs=runs, config=cfg, workers=sweep.workers, sweep=sweep,
+                cache_dir=cache)
+
+
+def run_scenario(scenario: dict[str, Any], setting: str, seed: int) -> dict[str, Any]:
+    """The scenario section of one run: its setting, and with ``seed: per_run`` the run's training seed
+    as the scenario seed (its own class order, permutations, angles and subsets)."""
+    return {**scenario, "setting": setting, **({"seed": seed} if scenario.get("seed") == PER_RUN else {})}
+
+
+def warn_shared_draw(scenario: dict[str, Any], seeds: list[int]) -> None:
+    """A :class:`ScenarioDrawWarning` when several seeds train on one fixed draw of a scenario kind whose
+    published protocols redraw it in every run: their spread then leaves out the spread over draws."""
+    what = REDRAWN_PER_RUN.get(str(scenario.get("kind")))
+    if what is None or len(seeds) < 2 or scenario.get("seed") == PER_RUN:
+        return
+    import warnings
+
+    warnings.warn(ScenarioDrawWarning(
+        f"scenario.seed={scenario.get('seed', 0)}: all {len(seeds)} seeds train on one draw of the {what}, "
+        f"while published {scenario.get('kind')} protocols (e.g. Mammoth's) draw them anew per run; "
+        f"set scenario.seed={PER_RUN} for a draw per seed (docs/protocols.md)"), stacklevel=2)
 
 
 def _check_finite(node: Any, where: str) -> None:

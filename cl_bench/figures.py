@@ -29,8 +29,9 @@ def draw_matrix(ax: Axes, matrix: np.ndarray, title: str, row_labels: Sequence[s
     ax.set_yticks(range(rows), labels=labels)  # type: ignore[arg-type]
     size = 9 if cols <= 6 else 7 if cols <= 10 else 0
     if size:
-        for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=size, color="black" if v > 0.6 else "white")
+        for (i, j), v in np.ndenumerate(matrix):  # NaN: a row trainer.eval_every did not evaluate
+            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=size,
+                    color="black" if v > 0.6 else "white")
     return im
 
 
@@ -65,8 +66,10 @@ def y_floor(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
     """Lower end of the forgetting curves' y axis: 0, or a multiple of 0.1 below every trained point's mean - std
     once all of them are >= 0.5 (task-IL curves near 1 stay readable; the pre-training parts are then clipped)."""
     # mask t >= j; numpy's stubs refuse dtype=bool for np.tri, which builds it as a boolean array
-    lowest = min(float((m - s)[np.tri(*m.shape, dtype=bool)].min())  # type: ignore[type-var]
-                 for m, s in curves.values())
+    trained = [(m - s)[np.tri(*m.shape, dtype=bool)] for m, s in curves.values()]  # type: ignore[type-var]
+    values = np.concatenate(trained)
+    values = values[~np.isnan(values)]  # rows trainer.eval_every did not evaluate
+    lowest = float(values.min()) if values.size else 0.0
     return 0.0 if lowest < 0.5 else float(np.floor(lowest * 10) / 10)
 
 
@@ -95,11 +98,13 @@ def forgetting_figure(
             ax.axvspan(0.5, j + 0.5, color="0.93", lw=0)  # task j not trained yet
             for label, style in styles.items():
                 m, s = curves[label][0][:, j], curves[label][1][:, j]
-                ax.plot(x[j:], m[j:], markersize=2.5, label=label, **style)
+                shown = ~np.isnan(m)  # the rows evaluated (trainer.eval_every), joined by lines
+                after, before = shown & (x > j), shown & (x <= j + 1)
+                ax.plot(x[after], m[after], markersize=2.5, label=label, **style)
                 if style["ls"] == "-":
-                    ax.fill_between(x[j:], m[j:] - s[j:], m[j:] + s[j:], color=style["color"], alpha=0.12, lw=0)
+                    ax.fill_between(x[after], (m - s)[after], (m + s)[after], color=style["color"], alpha=0.12, lw=0)
                 if j:
-                    ax.plot(x[: j + 1], m[: j + 1], ls=":", lw=0.8, color=style["color"], alpha=0.5)
+                    ax.plot(x[before], m[before], ls=":", lw=0.8, color=style["color"], alpha=0.5)
             ax.set_title(f"task {j}", fontsize=9)
             ax.set_xticks(x)
             ax.set_xlim(0.5, n_tasks + 0.5)

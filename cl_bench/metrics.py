@@ -1,8 +1,10 @@
 """Continual-learning metrics from the accuracy and loss matrices.
 
 Notation (0-indexed, T tasks): ``R[t][j]`` = test accuracy on task j after
-training task t (a full T x T matrix: the runner evaluates every task after
-every task); ``b[j]`` = accuracy of the untrained model on task j;
+training task t (a T x T matrix: the runner evaluates every task after every
+task, or with ``trainer.eval_every`` after some tasks only: the other rows are
+all None, and every metric but the final-row ones is then undefined, never 0);
+``b[j]`` = accuracy of the untrained model on task j;
 ``Ltr[t][j]`` = training loss on task j after training task t.
 
 Peers disagree on "forgetting"; every variant is kept under its own name:
@@ -183,6 +185,13 @@ def compute_metrics(
 
     put("acc", final_accuracy(R), R[-1])
     put("acc_sample_weighted", final_accuracy_weighted(R, sizes))
+    missing = [t for t in range(T) if np.isnan(R[t]).all()]
+    if missing:
+        reason = (f"needs the row after every task; rows {missing} were not evaluated (trainer.eval_every)")
+        for name in MATRIX_METRICS:
+            if name not in report.values:
+                put(name, None, reason=reason)
+        return report
     put("aia", average_incremental_accuracy(R))
     put("learning_acc", learning_accuracy(R), np.diag(R))
     past = {
@@ -245,8 +254,10 @@ def _square(name: str, rows: Sequence[Sequence[float]]) -> np.ndarray:
         if len(row) != T:
             raise ValueError(f"{name} must be square T x T with T={T} rows; row {t} has {len(row)} entries "
                              "(every task must be evaluated after every task)")
-    R = np.asarray(rows, dtype=np.float64)
-    bad = np.argwhere(~np.isfinite(R))
+    if any(all(v is None for v in row) for row in rows[-1:]):
+        raise ValueError(f"{name}: the last row (after the last task) is not evaluated; every metric needs it")
+    R = np.asarray([[np.nan] * T if all(v is None for v in row) else row for row in rows], dtype=np.float64)
+    bad = np.argwhere(~np.isfinite(R) & ~np.isnan(R).all(axis=1, keepdims=True))
     if len(bad):
         raise ValueError(f"{name}[{bad[0][0]}][{bad[0][1]}] is not finite ({R[tuple(bad[0])]})")
     return R

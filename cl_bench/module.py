@@ -17,7 +17,7 @@ Order of events of a run::
         for phase in phases(task)                # each phase is one Trainer.fit (default: "train")
             before_phase(phase, task)            # e.g. PackNet prunes before "retrain", GDumb re-draws weights
             Trainer.fit(chunks of batches(phase, task)):
-                configure_optimizers             # a fresh optimiser per phase
+                configure_optimizers             # a fresh optimiser per phase (optimizer.carry_over: one per run)
                 on_train_start                   # Lightning's hook; masks and bases are read here
                 for each chunk of trainer.steps_per_call minibatches:
                     training_step(chunk): for each minibatch (x, y, t), one optimise():
@@ -30,6 +30,7 @@ Order of events of a run::
                         check_finite(loss)       # kept on the device; raised at the epoch's end
                         backward
                         transform_gradients()    # surgery, masks, projections
+                        clip_gradients_()        # trainer.gradient_clip_val (norm | value), after the transform
                         optimizer.step()
                         transform_update(before) # the step's parameter change
                     on_train_batch_end           # the last step's terms to the loggers (train/<term>_task<t>)
@@ -95,12 +96,15 @@ class SettingReadInSharedTraining(RuntimeError):
 
 @dataclass
 class OptimizerConfig:
-    """Optimiser of every task (a fresh one per task, as in Mammoth and Avalanche)."""
+    """Optimiser of every task: a fresh one per task and phase (as in Mammoth and Avalanche), or with
+    ``carry_over`` one optimiser, with its state (momentum, Adam's moments and step count), kept through
+    every task and phase of the run (as in Hsu et al. 2018's and van de Ven et al.'s code)."""
 
     name: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    carry_over: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -178,6 +182,13 @@ class ContinualModule(L.LightningModule):
     epoch_step: int  # optimiser steps taken in the current epoch
     terms: dict[str, Tensor]  # the last step's task_loss / replay_loss / penalty (detached, on the device)
     term_sums: dict[str, Tensor]  # their sums over the epoch's steps
+    #: gradient clipping of every step (trainer.gradient_clip_val / gradient_clip_algorithm); None: off
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
+    #: class-IL training: logits of classes of tasks not yet trained set to -inf (trainer.mask_unseen_classes)
+    mask_unseen_classes: bool = False
+    _carried: torch.optim.Optimizer | None = None  # the optimiser kept across tasks (optimizer.carry_over)
+    _carried_state: dict[str, Any] | None = None  # its state from a checkpoint, loaded when it is built
 
     def __init__(
         self,
@@ -250,8 +261,17 @@ class ContinualModule(L.LightningModule):
         return self.as_trained(self(x, task_ids), task_ids)
 
     def as_trained(self, logits: Tensor, task_ids: Tensor) -> Tensor:
-        """Unmasked logits -> the ones the training loss uses."""
-        return self.mask_logits(logits, task_ids) if self.mask_train_logits else logits
+        """Unmasked logits -> the ones the training loss uses: masked to each sample's task with
+        ``mask_train_logits`` (task-IL), to the classes of tasks 0..current_task with ``mask_unseen_classes``."""
+        if self.mask_train_logits:
+            return self.mask_logits(logits, task_ids)
+        if self.mask_unseen_classes:
+            return logits.masked_fill(~self.seen_classes(), float("-inf"))
+        return logits
+
+    def seen_classes(self) -> Tensor:
+        """Bool ``[n_outputs]``: the outputs of tasks 0..current_task (the classes trained so far)."""
+        return self.class_mask[: self.current_task + 1].any(0)
 
     def setting_logits(self, x: Tensor, task_ids: Tensor) -> Tensor:
         """The network's logits as the setting evaluates them: masked to the task's classes in task-IL."""
@@ -338,12 +358,33 @@ class ContinualModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         self.transform_gradients()
+        self.clip_gradients_()
         params = self.guarded_parameters()
         before = [p.detach().clone() for p in params]
         optimizer.step()
         if params:
             with torch.no_grad():
                 self.transform_update(params, before)
+
+    def clip_gradients_(self) -> None:
+        """Clip the gradients of the trainable parameters in place, after :meth:`transform_gradients`, with
+        c = ``gradient_clip_val``: ``norm``: g <- g * min(1, c / (||g||_2 + 1e-6)) with one global norm over
+        all parameters (``torch.nn.utils.clip_grad_norm_``'s rule); ``value``: every entry to [-c, c]."""
+        c = self.gradient_clip_val
+        if c is None:
+            return
+        grads = [p.grad for p in self.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        with torch.no_grad():
+            if self.gradient_clip_algorithm == "value":
+                for g in grads:
+                    g.clamp_(-c, c)
+                return
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]))
+            scale = (c / (norm + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(scale.to(g.dtype))
 
     def loss_terms(self, step: Step) -> dict[str, Tensor | None]:
         """The step's terms by name (None: the strategy has no such term)."""
@@ -370,6 +411,8 @@ class ContinualModule(L.LightningModule):
         """The compiled step for ``optimizer`` (:mod:`cl_bench.compiled`), or None, said once, where the
         strategy's step cannot be compiled."""
         reason = why_not_compiled(self, optimizer)
+        if reason is None and self.gradient_clip_val is not None:
+            reason = "the compiled step does not clip gradients (trainer.gradient_clip_val)"
         if reason is None and self._trainer is not None:
             if self.trainer.world_size > 1:
                 reason = "the compiled step does not synchronise gradients across processes"
@@ -449,7 +492,33 @@ class ContinualModule(L.LightningModule):
             self.log(f"train/loss_task{self.current_task}", loss, on_step=True, on_epoch=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optim_cfg.build([p for p in self.parameters() if p.requires_grad])
+        """A fresh optimiser of the trainable parameters; with ``optimizer.carry_over`` the run's one
+        optimiser (built at the first fit, its state restored from a checkpoint), given the parameters
+        that became trainable since as a new parameter group."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not self.optim_cfg.carry_over:
+            return self.optim_cfg.build(params)
+        if self._carried is None:
+            self._carried = self.optim_cfg.build(params)
+            if self._carried_state is not None:
+                self._carried.load_state_dict(self._carried_state)
+                self._carried_state = None
+            return self._carried
+        held = {id(p) for group in self._carried.param_groups for p in group["params"]}
+        new = [p for p in params if id(p) not in held]
+        if new:
+            self._carried.add_param_group({"params": new})
+        return self._carried
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        """The carried optimiser's state (``optimizer.carry_over``) for a checkpoint; None without one."""
+        if self._carried is not None:
+            return self._carried.state_dict()
+        return self._carried_state
+
+    def load_optimizer_state(self, state: dict[str, Any] | None) -> None:
+        """Restore the carried optimiser from :meth:`optimizer_state` (when it is next built)."""
+        self._carried, self._carried_state = None, state
 
     # ------------------------------------------------------------ task hooks
     def training_tasks(self, scenario: Scenario) -> list[tuple[Task, Tensor]]:

@@ -64,6 +64,7 @@ class RunResult:
     versions: dict[str, str] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None  # the resolved folder the data was read from (its files' digests: config.data)
+    scenario_seed: int | None = None  # the seed of the run's scenario draw (class order, permutations, angles)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

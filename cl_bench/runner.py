@@ -39,6 +39,7 @@ from cl_bench.compiled import AUTO_MIN_STEPS
 from cl_bench.config import ConfigError, Plan, RunSpec, TrainerConfig, to_dataclass
 from cl_bench.data import DatasetError, Scenario, Task, TaskBatches, build_scenario, iterate_eval
 from cl_bench.data.batching import Augment, Chunks
+from cl_bench.data.cache import ScenarioCache
 from cl_bench.data.sources import load_source, resolve_root, source_fingerprint, user_source
 from cl_bench.data.user_sources import describe
 from cl_bench.geometry import ChecksConfig, GeometryTracker
@@ -183,10 +184,16 @@ def scenario_key(spec: RunSpec) -> str:
     return repr(sorted(spec.scenario.items())) + repr(sorted(data.items()))
 
 
-def load_scenario(spec: RunSpec) -> Scenario:
-    """The scenario of a run (augmentation is left to the batcher)."""
+def load_scenario(spec: RunSpec, cache_dir: Path | None = None) -> Scenario:
+    """The scenario of a run (augmentation is left to the batcher); with ``cache_dir`` loaded from the
+    disk cache when a process built it before (:mod:`cl_bench.data.cache`), else built and cached."""
     cfg = {k: v for k, v in spec.scenario.items() if k != "augment"}
-    return build_scenario(cfg, root=spec.data.get("root"), download=bool(spec.data.get("download", False)))
+    root = spec.data.get("root")
+
+    def build() -> Scenario:
+        return build_scenario(cfg, root=root, download=bool(spec.data.get("download", False)))
+
+    return ScenarioCache(cache_dir).get(cfg, root, build) if cache_dir is not None else build()
 
 
 def augment_of(spec: RunSpec) -> Augment | None:
@@ -302,7 +309,11 @@ def build_module(spec: RunSpec, scenario: Scenario) -> ContinualModule:
     backbone = build_model(spec.model, scenario.input_shape, scenario.n_outputs, scenario.task_classes())
     params = to_dataclass(cls.Params, spec.params, f"strategies.{spec.label}")
     trainer = TrainerConfig(**spec.trainer)
-    return cls(backbone, scenario, params, OptimizerConfig(**spec.optimizer), trainer.mask_train_logits)
+    module = cls(backbone, scenario, params, OptimizerConfig(**spec.optimizer), trainer.mask_train_logits)
+    module.gradient_clip_val = trainer.gradient_clip_val
+    module.gradient_clip_algorithm = trainer.gradient_clip_algorithm
+    module.mask_unseen_classes = trainer.mask_unseen_classes
+    return module
 
 
 def _peak_memory(device: str) -> dict[str, int]:
@@ -377,6 +388,7 @@ def open_run(spec: RunSpec, scenario: Scenario, module: ContinualModule, device:
         result = RunResult(
             run_id=spec.run_id, label=spec.label, strategy=spec.strategy_class, family=module.family,
             setting=spec.setting, seed=spec.seed, scenario=scenario.name, config=asdict(spec),
+            scenario_seed=int(spec.scenario.get("seed", 0)),
             config_hash=spec.config_hash(), joint=joint, acc_init=init.acc, loss_init=init.loss,
             train_loss_init=init.train_loss,
             task_sizes={"train": [t.n_train for t in scenario.tasks], "test": [t.n_test for t in scenario.tasks]},
@@ -404,6 +416,7 @@ def start_group(specs: list[RunSpec], scenarios: list[Scenario], run_loggers: li
     behind = min(runs, key=lambda r: r.done)
     if behind.saved is not None:
         module.load_state_dict(behind.saved["module"])
+        module.load_optimizer_state(behind.saved.get("optimizer"))
         set_rng_state(behind.saved["rng"])
     module.select_setting(specs[0].setting if len(specs) == 1 else None)
     module.compile_step = wants_compile(runs[-1].trainer_cfg, runs[-1].schedule)
@@ -524,7 +537,8 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     """Evaluate every task (row t of the matrices), then the checks of past tasks and task t's snapshot."""
     result, module = run.result, run.module
     t0 = time.perf_counter()
-    row = run.evaluator(module)
+    evaluated = run.trainer_cfg.evaluates_after(len(result.acc), len(run.schedule))
+    row = run.evaluator(module) if evaluated else skipped_row(run)
     t1 = time.perf_counter()
     result.timings["eval"].append(t1 - t0)
     if run.tracker is not None:  # checks of every past task at theta_t, then task t's own snapshot
@@ -534,16 +548,25 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     result.acc.append(row.acc)
     result.loss.append(row.loss)
     result.train_loss.append(row.train_loss)
-    if row.confusion:
-        result.confusion.append(row.confusion)
+    if row.confusion or (run.evaluator.n_classes and not evaluated):
+        result.confusion.append(row.confusion)  # an unevaluated row: [] (rows stay aligned with acc)
     if row.val_acc:
         result.val_acc.append(row.val_acc)
     result.strategy_memory_bytes.append(module.state_bytes())
     result.steps.append(steps)
     if run.run_logger is not None:
-        run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps, confusion=row.confusion or None)
+        if evaluated:
+            run.run_logger.log_task_end(task.id, row.acc, row.loss, steps=steps, confusion=row.confusion or None)
         if len(result.acc) == len(run.schedule):
             run.run_logger.log_model(module)
+
+
+def skipped_row(run: RunState) -> Evaluation:
+    """The row of a task after which ``trainer.eval_every`` evaluates nothing: None for every entry
+    (JSON null; the metrics that need the row are undefined, never 0)."""
+    n = run.scenario.n_tasks
+    probes = bool(run.result.train_loss_init)
+    return Evaluation([None] * n, [None] * n, [None] * n if probes else [])  # type: ignore[list-item]
 
 
 def save_progress(run: RunState) -> None:
@@ -554,6 +577,7 @@ def save_progress(run: RunState) -> None:
     save_checkpoint(
         run.checkpoint,
         {"config_hash": run.spec.config_hash(), "module": run.module.state_dict(), "result": run.result.to_dict(),
+         "optimizer": run.module.optimizer_state(),
          "rng": rng_state(), "tracker": run.tracker.state_dict() if run.tracker is not None else None,
          "logger": run.run_logger.state() if run.run_logger is not None else None},
     )
@@ -753,7 +777,7 @@ def identify_data(plan: Plan) -> None:
 
 
 #: trainer keys read only by the evaluation
-EVALUATION_ONLY = ("eval_batch_size", "train_loss_probe")
+EVALUATION_ONLY = ("eval_batch_size", "train_loss_probe", "eval_every")
 
 
 def training_key(spec: RunSpec, module: ContinualModule) -> str:
@@ -785,7 +809,7 @@ def prepare(plan: Plan) -> Prepared:
         key = scenario_key(spec)
         if key not in scenarios:
             try:
-                scenarios[key] = load_scenario(spec)
+                scenarios[key] = load_scenario(spec, plan.cache_dir)
             except DatasetError:
                 raise
             except (ValueError, KeyError) as err:
@@ -957,11 +981,12 @@ def _init_worker(threads: int, parent: int, slots: Any, plugins: list[str], even
     _ASSIGNED_GPUS = worker_gpus(slots.get(), visible_gpus())
 
 
-def _worker_run(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, experiment: str) -> list[RunResult]:
+def _worker_run(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, experiment: str,
+                cache_dir: Path | None = None) -> list[RunResult]:
     for spec in specs:
         key = scenario_key(spec)
         if key not in _WORKER_SCENARIOS:
-            _WORKER_SCENARIOS[key] = load_scenario(spec)
+            _WORKER_SCENARIOS[key] = load_scenario(spec, cache_dir)
     return run_and_save(specs, [_WORKER_SCENARIOS[scenario_key(s)] for s in specs], output_dir, log_cfg, experiment)
 
 
@@ -1077,7 +1102,8 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
                                initargs=(threads, os.getpid(), slots, plugin_modules(), events))
     futures: dict[Future, list[RunSpec]] = {}
     try:
-        futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name): group for group in groups}
+        futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name, plan.cache_dir): group
+                   for group in groups}
         for future in as_completed(futures):
             yield from future.result()
     except (RunInterrupted, GeneratorExit) as stop:

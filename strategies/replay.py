@@ -11,6 +11,8 @@ vector (the layout of ``cl_bench.layout``) in ``transform_gradients``.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, cast
@@ -28,6 +30,10 @@ from cl_bench.layout import grad_of, grad_vector, write_grad
 from cl_bench.models import Backbone, MultiHead, reinitialise
 from cl_bench.module import Batch, ContinualModule, OptimizerConfig, Phase, Step
 from cl_bench.registry import register
+from cl_bench.seeds import generator
+
+#: the random stream of the rehearsal memory's draws (second key of the run seed's SeedSequence)
+_REHEARSAL_STREAM = 7
 
 
 # ------------------------------------------------------------------ gradient algebra
@@ -148,6 +154,22 @@ class GDumbParams(ReplayParams):
 
 
 @dataclass
+class RehearsalParams:
+    """``memory``: stored training samples in all, an equal share per task seen; ``ratio``: stored
+    samples per new sample in a task's training set (the memory repeated max(1, floor(ratio * N_t /
+    memory)) times); null: the memory concatenated once."""
+
+    memory: int = 1100
+    ratio: Optional[float] = 1.0
+
+    def __post_init__(self) -> None:
+        if self.memory < 1:
+            raise ValueError(f"memory must be >= 1, got {self.memory}")
+        if self.ratio is not None and not self.ratio > 0:
+            raise ValueError(f"ratio must be > 0 (or null: the memory once), got {self.ratio}")
+
+
+@dataclass
 class LwFParams:
     """``alpha_per_task``: the weight during task t is its entry t (the last entry for later
     tasks), instead of ``alpha`` (Avalanche's list form; e.g. continual-learning-baselines'
@@ -241,6 +263,58 @@ class ER(ReplayModule):
 
     def observe(self, step: Step) -> None:
         self.buffer.add(step.x, step.y, step.t)
+
+
+@register("rehearsal")
+class Rehearsal(GlobalModule):
+    """Naive rehearsal (Hsu et al. 2018, "Re-evaluating Continual Learning Scenarios", Sec. 4 and the
+    Naive_Rehearsal agent of their code): old tasks' stored samples join the new task's training set.
+
+    After task t the memory holds m_t = min(N_j, memory // (t + 1)) random training samples of each
+    task j <= t (a task's share shrinks by keeping a prefix of one random draw). Task t trains, one
+    shuffled epoch at a time, on D_t concatenated with k_t copies of the memory left by task t - 1,
+    k_t = max(1, floor(ratio * N_t / memory)): with ``ratio`` 1 and a full memory, old : new = 1 : 1
+    (their code's rule). Unlike ER's per-step replay minibatch, the old samples are part of the epoch
+    and the loss is the plain CE of the mixed batches. The memory depends only on the data and the
+    draw of the run's seed (``torch.initial_seed()`` after seeding), so the schedule is fixed before
+    training."""
+
+    Params = RehearsalParams
+    memory_nbytes: int = 0
+    memory_counts: list[int]  # stored samples after each task (set by training_tasks)
+
+    def memory_share(self, tasks_seen: int) -> int:
+        """Stored samples per task once ``tasks_seen`` tasks have been trained."""
+        return self.params.memory // tasks_seen
+
+    def training_tasks(self, scenario: Scenario) -> list[tuple[Task, Tensor]]:
+        """Task t's data followed by k_t copies of the memory of tasks < t (each sample with its own task id)."""
+        gen = generator(torch.initial_seed(), _REHEARSAL_STREAM)
+        draws = [torch.randperm(t.n_train, generator=gen) for t in scenario.tasks]
+        self.memory_counts = [sum(min(t.n_train, self.memory_share(i + 1)) for t in scenario.tasks[:i + 1])
+                              for i in range(scenario.n_tasks)]
+        out = []
+        for i, task in enumerate(scenario.tasks):
+            xs, ys = [task.x_train], [task.y_train]
+            ids = [torch.full((task.n_train,), task.id)]
+            if i > 0:
+                m = self.memory_share(i)
+                ratio = self.params.ratio
+                copies = max(1, math.floor(ratio * task.n_train / self.params.memory)) if ratio is not None else 1
+                keep = [(old, draw[:min(old.n_train, m)]) for old, draw in zip(scenario.tasks[:i], draws)]
+                xs += [old.x_train[k] for old, k in keep] * copies
+                ys += [old.y_train[k] for old, k in keep] * copies
+                ids += [torch.full((k.numel(),), old.id) for old, k in keep] * copies
+            out.append((dataclasses.replace(task, x_train=torch.cat(xs), y_train=torch.cat(ys)), torch.cat(ids)))
+        return out
+
+    def after_task(self, task: Task) -> None:
+        """The memory's size after ``task``: m_t samples of each task so far (reported by state_bytes)."""
+        per_sample = task.x_train[:1].numel() * task.x_train.element_size()
+        self.memory_nbytes = self.memory_counts[task.id] * per_sample
+
+    def state_bytes(self) -> int:
+        return super().state_bytes() + self.memory_nbytes
 
 
 @register("agem")

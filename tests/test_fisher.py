@@ -13,6 +13,8 @@ from cl_bench.geometry.fisher import (
     dense_ggn,
     dense_hessian,
     diag_fisher,
+    exact_fisher_sum,
+    linear_exact_fisher,
     mas_importance,
 )
 from cl_bench.geometry.kfac import kfac_factors, kron_quadratic, layer_delta, linear_blocks
@@ -256,3 +258,27 @@ def test_argmax_fisher_uses_the_predicted_label() -> None:
     torch.testing.assert_close(got, brute_fisher(model, x, lambda i, c, p: float(c == p.argmax())), rtol=1e-10,
                                atol=1e-12)
     assert not torch.allclose(got, diag_fisher(model, batches(x, y), "empirical"))
+
+
+@pytest.mark.parametrize(("head", "classes"), [("single", None), ("single", TASKS[1]), ("multi", TASKS[1])])
+def test_layerwise_exact_fisher_equals_class_enumeration(head: str, classes) -> None:
+    """The by-layer form sum_i (sum_c p_ic d_ic^2)(a_i^2)^T against one-sample-one-class autograd (float64)."""
+    torch.manual_seed(3)
+    net = build_model({"name": "mlp", "widths": [5, 4], "activation": "relu", "head": head}, (1, 2, 3), 6, TASKS)
+    model = TaskOutputs(net.double(), 1, classes if head == "single" else TASKS[1])
+    x, _ = data(n=7)
+    fast = linear_exact_fisher(model, x)
+    assert fast is not None  # every parameter is in an nn.Linear: the by-layer path is taken
+    with torch.no_grad():
+        p = model(x).softmax(-1)
+    torch.testing.assert_close(fast / len(x), brute_fisher(model, x, lambda i, c, p: p[c]), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(fast, exact_fisher_sum(model, x, p), rtol=1e-10, atol=1e-13)
+
+
+def test_exact_fisher_outside_linear_layers_falls_back_to_enumeration() -> None:
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = data(n=6)
+    assert linear_exact_fisher(model, x) is None  # LayerNorm's weight and bias are not in a Linear
+    torch.testing.assert_close(diag_fisher(model, batches(x, y), "exact"),
+                               brute_fisher(model, x, lambda i, c, p: p[c]), rtol=1e-10, atol=1e-13)

@@ -1,8 +1,10 @@
 """Scenario builders: a dataset -> a sequence of tasks (split / permuted / rotated).
 
 Everything random here (class order, permutations, angles, subsets,
-validation split) depends only on the scenario ``seed``, never on the
-training seed, so every strategy and seed sees the same task sequence.
+validation split) depends only on the scenario ``seed``: a fixed one gives
+every strategy and training seed the same task sequence; ``seed: per_run``
+(resolved by the plan, :func:`cl_bench.config.run_scenario`) gives each run
+the draw of its own training seed.
 Each random stream has its own generator, seeded by
 ``SeedSequence([seed, stream, task])``.
 """
@@ -148,6 +150,8 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
     n_classes = source_num_classes(source, path)
     n_tasks = _int(cfg, "n_tasks", None, 1)
     assert n_tasks is not None  # required above
+    if isinstance(cfg.get("seed"), str):
+        raise _err("seed", f"must be an integer >= 0 or per_run (a draw per training seed), got {cfg['seed']!r}")
     seed = _int(cfg, "seed", 0, 0)
     cpt = _int(cfg, "classes_per_task", None, 1)
     if kind == "split":

@@ -135,10 +135,9 @@ def diag_fisher(model: nn.Module, batches: Batches, kind: str, generator: torch.
             continue
         with torch.no_grad():
             p = model(x).softmax(-1)  # [B, K]
-        if kind == "exact":  # sum_c p_c g_c^2, in chunks of [b, K, P] per-class gradients
-            size = _rows(model, p.shape[1])
-            part = sum_tensors(_weighted_squares(_class_grads(model, xc), pc)
-                               for xc, pc in zip(x.split(size), p.split(size)))
+        if kind == "exact":  # sum_c p_c g_c^2: by layer where the network allows, else [b, K, P] gradients
+            fast = linear_exact_fisher(model, x)
+            part = fast if fast is not None else exact_fisher_sum(model, x, p)
         else:
             c = y if kind.startswith("empirical") else p.argmax(1) if kind == "argmax" \
                 else torch.multinomial(p, 1, generator=generator).squeeze(1)
@@ -151,6 +150,69 @@ def diag_fisher(model: nn.Module, batches: Batches, kind: str, generator: torch.
     if total is None:
         raise ValueError("diag_fisher: no samples (the probe set is empty)")
     return total / n
+
+
+def exact_fisher_sum(model: nn.Module, x: Tensor, p: Tensor) -> Tensor:
+    """``[P]``: sum_i sum_c p(c|x_i) g_ic^2 with g_ic = d log p(c|x_i) / d theta for any network, from
+    the per-sample per-class gradients (one ``jacrev`` per sample, in chunks of [b, K, P])."""
+    size = _rows(model, p.shape[1])
+    return sum_tensors(_weighted_squares(_class_grads(model, xc), pc) for xc, pc in zip(x.split(size), p.split(size)))
+
+
+def linear_exact_fisher(model: nn.Module, x: Tensor) -> Tensor | None:
+    """``[P]``: the sum over the batch of the exact diagonal Fisher when every parameter of the network
+    is the weight or bias of an ``nn.Linear`` applied once per forward to ``[B, in]`` inputs; None
+    otherwise (the caller then uses :func:`exact_fisher_sum`).
+
+    For a linear layer z = W a + b with input a_i and d_ic = d log p(c|x_i) / d z (one backward pass
+    per class c of sum_i log p(c|x_i): samples do not interact in eval mode), the per-sample gradient
+    is d_ic a_i^T, so sum_i sum_c p_ic (d log p_ic / d W)^2 = sum_i (sum_c p_ic d_ic^2) (a_i^2)^T and
+    the bias term is sum_i sum_c p_ic d_ic^2: K backward passes of the batch, no [B, K, P] tensor.
+    """
+    names = list(detached(model))
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    owner = {f"{ln}.{pn}" if ln else pn: (ln, pn)
+             for ln, m in layers.items() for pn, _ in m.named_parameters(recurse=False)}
+    if any(n not in owner for n in names):
+        return None
+    inputs: dict[str, list[Tensor]] = {}
+    outputs: dict[str, list[Tensor]] = {}
+
+    def keep(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+            inputs.setdefault(name, []).append(args[0].detach())
+            outputs.setdefault(name, []).append(out)
+        return hook
+
+    handles = [m.register_forward_hook(keep(name)) for name, m in layers.items()]
+    try:
+        with torch.enable_grad():
+            logp = model(x).log_softmax(-1)
+    finally:
+        for h in handles:
+            h.remove()
+    used = list(outputs)
+    if any(len(outputs[n]) != 1 or inputs[n][0].dim() != 2 or outputs[n][0].grad_fn is None for n in used):
+        return None  # a layer called twice, on [B, ..., in] inputs, or outside the graph
+    zs = [outputs[n][0] for n in used]
+    p = logp.detach().exp()
+    weighted = {n: torch.zeros_like(z) for n, z in zip(used, zs)}  # sum_c p_ic d_ic^2, [B, out]
+    for c in range(logp.shape[1]):
+        grads = torch.autograd.grad(logp[:, c].sum(), zs, retain_graph=c < logp.shape[1] - 1, allow_unused=True)
+        for n, d in zip(used, grads):
+            if d is not None:
+                weighted[n] += p[:, c:c + 1] * d.detach().square()
+    parts = []
+    for name in names:
+        layer, kind = owner[name]
+        param = dict(layers[layer].named_parameters(recurse=False))[kind]
+        if layer not in weighted:  # a head this task's outputs do not use
+            parts.append(torch.zeros(param.numel(), dtype=param.dtype, device=param.device))
+        elif kind == "weight":
+            parts.append((weighted[layer].T @ inputs[layer][0].square()).reshape(-1))
+        else:
+            parts.append(weighted[layer].sum(0))
+    return torch.cat(parts)
 
 
 def mas_importance(model: nn.Module, batches: Batches) -> Tensor:

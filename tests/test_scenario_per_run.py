@@ -1,0 +1,53 @@
+"""``scenario.seed: per_run``: each training seed trains on its own scenario draw, recorded in its result."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from cl_bench.config import ConfigError, ScenarioDrawWarning, build_plan, load_config
+from cl_bench.data.scenarios import build_scenario
+from cl_bench.results import aggregate
+from cl_bench.runner import execute
+
+TINY = ["strategy=naive", "settings=[class_il]", "trainer.epochs=1", "checks.enabled=false", "sweep.workers=1",
+        "scenario.n_tasks=2", "scenario.class_order=random"]
+
+
+def test_per_run_gives_each_seed_its_own_draw_recorded_in_its_result(tmp_path: Path) -> None:
+    cfg = load_config([*TINY, "seeds=[3,4]", "scenario.seed=per_run", f"output.dir={tmp_path}"])
+    plan = build_plan(cfg)
+    assert [s.scenario["seed"] for s in plan.runs] == [3, 4]
+    results = sorted(execute(plan), key=lambda r: r.seed)
+    assert [r.scenario_seed for r in results] == [3, 4]
+    assert [r.config["scenario"]["seed"] for r in results] == [3, 4]
+    for r in results:  # the classes each run trained on are the draw of its own seed
+        drawn = build_scenario({**r.config["scenario"]})
+        assert r.task_sizes["train"] == [t.n_train for t in drawn.tasks]
+    orders = [build_scenario({**r.config["scenario"]}).task_classes() for r in results]
+    assert orders[0] != orders[1]
+    assert aggregate(results)["class_il/naive"]["acc"]["n"] == 2  # one aggregate over both draws
+
+
+def test_fixed_seed_keeps_one_draw_for_every_training_seed() -> None:
+    plan = build_plan(load_config([*TINY, "seeds=[3,4]", "scenario.seed=5"]))
+    assert [s.scenario["seed"] for s in plan.runs] == [5, 5]
+
+
+@pytest.mark.parametrize("kind", ["permuted", "rotated"])
+def test_several_seeds_on_one_draw_of_a_redrawn_kind_warn(kind: str) -> None:
+    base = ["strategy=naive", "settings=[domain_il]", f"scenario={kind}_mnist", "seeds=[0,1]"]
+    with pytest.warns(ScenarioDrawWarning, match=r"scenario\.seed=0: all 2 seeds train on one draw.*per_run"):
+        build_plan(load_config(base))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScenarioDrawWarning)
+        build_plan(load_config([*base, "scenario.seed=per_run"]))
+        build_plan(load_config([*base[:-1], "seeds=[0]"]))  # one seed: nothing to spread over
+        build_plan(load_config(TINY + ["seeds=[0,1]"]))  # split draws no transform
+
+
+def test_a_misspelt_per_run_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"scenario\.seed: must be an integer >= 0 or per_run"):
+        build_plan(load_config([*TINY, "scenario.seed=perrun"]))
