@@ -119,12 +119,13 @@ class TrainerConfig:
         if str(self.precision) not in valid:
             raise ValueError(f"precision={self.precision!r} is not one of Lightning's: {', '.join(valid)}")
 
-    def chunk_size(self, log_every_n_steps: int | None = None) -> int:
+    def chunk_size(self, logged: bool = False) -> int:
         """Optimiser steps per Lightning ``training_step``: ``steps_per_call``, or with ``auto``
-        :data:`AUTO_STEPS_PER_CALL`, no more than ``log_every_n_steps`` when loggers read every n steps."""
+        :data:`AUTO_STEPS_PER_CALL`, and 1 when loggers are attached (Lightning logs once per
+        ``training_step``, at its own batch count: per-step curves need one step per call)."""
         if self.steps_per_call != "auto":
             return int(self.steps_per_call)
-        return min(AUTO_STEPS_PER_CALL, log_every_n_steps or AUTO_STEPS_PER_CALL)
+        return 1 if logged else AUTO_STEPS_PER_CALL
 
 
     def evaluates_after(self, task: int, n_tasks: int) -> bool:

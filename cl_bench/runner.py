@@ -461,13 +461,13 @@ def train_task(runs: list[RunState], task: Task, task_ids: Tensor) -> tuple[int,
     loggers = [lg for r in runs if r.run_logger is not None for lg in r.run_logger.lightning_loggers()] or None
     log_every = next((r.run_logger.cfg.log_every_n_steps for r in runs if r.run_logger is not None), 10)
 
-    k = cfg.chunk_size(log_every if loggers else None)
+    k = cfg.chunk_size(logged=bool(loggers))
     counter = SampleCounter() if ranks.world_size > 1 else None
 
     def new_trainer(phase: Phase) -> L.Trainer:
         callbacks = [r.tracker.callback() for r in runs if r.tracker is not None] + ([counter] if counter else [])
         callbacks.append(progress.EpochEvents([r.spec.run_id for r in runs]))
-        return make_trainer(cfg, loggers, callbacks, max(1, log_every // k), epochs=phase.epochs)
+        return make_trainer(cfg, loggers, callbacks, log_every, epochs=phase.epochs)
 
     t0 = time.perf_counter()
     module.before_task(task)

@@ -54,10 +54,10 @@ def test_chunks_group_in_order_and_keep_the_short_last_group() -> None:
     assert len(chunks) == 3 and list(chunks) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
-def test_steps_per_call_auto_follows_the_loggers_cadence() -> None:
+def test_steps_per_call_auto_is_one_step_per_call_when_loggers_record_every_step() -> None:
     assert TrainerConfig().chunk_size() == 16
-    assert TrainerConfig().chunk_size(log_every_n_steps=10) == 10
-    assert TrainerConfig(steps_per_call=3).chunk_size(log_every_n_steps=10) == 3
+    assert TrainerConfig().chunk_size(logged=True) == 1
+    assert TrainerConfig(steps_per_call=3).chunk_size(logged=True) == 3
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "many", "1.5"])
