@@ -51,6 +51,7 @@ def test_a_compiled_step_is_torch_sgd_with_momentum_and_weight_decay(tmp_path: P
                                    rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_compiled_run_matches_the_eager_run_and_records_its_compile_time(tmp_path: Path) -> None:
     eager = run_one(spec_for(tmp_path / "e", "strategy=naive", "trainer.compile=false"),
                     load_scenario(spec_for(tmp_path / "e", "strategy=naive")))
@@ -64,6 +65,7 @@ def test_a_compiled_run_matches_the_eager_run_and_records_its_compile_time(tmp_p
     assert "compile" not in eager.timings
 
 
+@pytest.mark.slow
 def test_a_strategy_that_cannot_be_compiled_trains_eagerly_and_says_why(tmp_path: Path, caplog) -> None:
     spec = spec_for(tmp_path / "c", "strategy=agem", "trainer.compile=true")
     with caplog.at_level(logging.WARNING, logger="cl_bench.module"):
@@ -81,6 +83,7 @@ def test_a_strategy_that_cannot_be_compiled_trains_eagerly_and_says_why(tmp_path
                                               torch.optim.Adam(module.parameters())))
 
 
+@pytest.mark.slow
 def test_terms_that_break_the_graph_fall_back_to_eager_steps_before_any_update(tmp_path: Path, caplog) -> None:
     """LwF branches on a tensor's value: tracing fails at the first step, which then runs eagerly."""
     spec = spec_for(tmp_path / "c", "strategy=lwf", "trainer.compile=true")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from cl_bench import registry
 from cl_bench.cli import main
 from cl_bench.layout import flat_params
 from cl_bench.module import ContinualModule, Step
@@ -46,6 +47,7 @@ def own_registry():
     """The registry as the test leaves it is restored afterwards: no other test sees its strategies."""
     from cl_bench.registry import _REGISTRY
 
+    strategy_names()  # the built-in strategies loaded first, so that they are among what is restored
     saved = dict(_REGISTRY)
     yield
     _REGISTRY.clear()
@@ -80,6 +82,7 @@ def test_import_flag_registers_a_strategy_from_the_users_folder(tmp_path, monkey
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "user_strategy_mod", raising=False)
     monkeypatch.setenv("CL_BENCH_IMPORTS", "")  # restored after the test: main() sets it for workers
+    monkeypatch.setattr(registry, "_IMPORTED", list(registry._IMPORTED))  # the plug-in list workers import
     assert main(["list", "--import", "user_strategy_mod"]) == 0
     assert "[user] Fine-tuning, from the user's file." in capsys.readouterr().out
     assert main(["run", "--import", "no_such_module_here"]) == 2
