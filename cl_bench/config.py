@@ -196,7 +196,7 @@ class SweepConfig:
     workers: int = 1  # processes in the local pool; 1 = in this process
     backend: str = "local"  # local | ray
     ray: RayConfig = field(default_factory=RayConfig)
-    scenario_cache: bool = False  # true: built scenarios cached on disk (cl_bench.data.cache); false: built per process
+    scenario_cache: bool = True  # built scenarios cached on disk (cl_bench.data.cache); false: built in every process
     cache_dir: Optional[str] = None  # null: $CL_BENCH_CACHE/scenarios, else ~/.cache/cl_bench/scenarios
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ DIGITS = {"kind": "split", "source": "digits", "setting": "class_il", "n_tasks":
 def plan_of(tmp_path: Path, *overrides: str):
     return build_plan(load_config(["strategy=[naive,l2]", "settings=[class_il]", "scenario.n_tasks=2",
                                    "trainer.epochs=1", "checks.enabled=false", f"output.dir={tmp_path / 'out'}",
-                                   "sweep.scenario_cache=true", f"sweep.cache_dir={tmp_path / 'cache'}", *overrides]))
+                                   f"sweep.cache_dir={tmp_path / 'cache'}", *overrides]))
 
 
 @pytest.mark.slow
@@ -64,7 +64,7 @@ def test_a_damaged_cache_file_is_rebuilt(tmp_path: Path, capfd: pytest.CaptureFi
 
 def _load_in_worker(folder: str, start: multiprocessing.synchronize.Event) -> list[int]:
     plan = build_plan(load_config(["strategy=naive", "settings=[class_il]", "scenario.class_order=random",
-                                   "sweep.scenario_cache=true", f"sweep.cache_dir={folder}"]))
+                                   f"sweep.cache_dir={folder}"]))
     start.wait()
     scenario = load_scenario(plan.runs[0], plan.cache_dir)
     return [c for t in scenario.tasks for c in t.classes]
