@@ -542,8 +542,8 @@ def record_row(run: RunState, task: Task, steps: int) -> None:
     t1 = time.perf_counter()
     result.timings["eval"].append(t1 - t0)
     if run.tracker is not None:  # checks of every past task at theta_t, then task t's own snapshot
-        run.tracker.check(module, task.id)
-        run.tracker.snapshot(module, task)
+        run.tracker.check(module, task.id)  # (probed on task t's own data, not what a schedule mixed into it)
+        run.tracker.snapshot(module, next(t for t in run.scenario.tasks if t.id == task.id))
         result.timings["checks"].append(time.perf_counter() - t1)
     result.acc.append(row.acc)
     result.loss.append(row.loss)

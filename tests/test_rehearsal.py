@@ -74,3 +74,13 @@ def test_rehearsal_remembers_what_fine_tuning_forgets(tmp_path: Path) -> None:
 def test_bad_rehearsal_parameters_name_the_key(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         build_plan(load_config(["strategy=rehearsal", override]))
+
+
+def test_checks_probe_each_task_on_its_own_data_not_the_mixed_schedule(tmp_path: Path) -> None:
+    """Task 1 trains on its data plus task 0's memory; its task-IL snapshot is still of task 1 alone."""
+    plan = build_plan(load_config(["strategy=rehearsal", "settings=[task_il]", "scenario.n_tasks=2",
+                                   "trainer.epochs=1", "sweep.workers=1", "strategies.rehearsal.memory=50",
+                                   f"output.dir={tmp_path}"]))
+    (result,) = execute(plan)
+    assert result.status == "ok", result.error
+    assert result.checks["certificate"]["n_pairs"] == 1  # (o=0, t=1), checked against task 0's snapshot
