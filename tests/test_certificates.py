@@ -25,7 +25,7 @@ from test_geometry_toys import (
 )
 
 from cl_bench.geometry import ChecksConfig, PairChecks, certificate, flat_params, module_objective, take_snapshot
-from cl_bench.geometry.remainder import gauss_legendre_remainder, legendre_nodes, stable_constant
+from cl_bench.geometry.remainder import gauss_legendre_remainder, hessian_lipschitz, legendre_nodes, stable_constant
 
 F64 = torch.float64
 CFG = ChecksConfig(k=4, lanczos_iters=200, lanczos_tol=1e-9, hutchinson_probes=4, radii=[0.01, 0.03, 0.1, 0.3, 1.0],
@@ -68,6 +68,28 @@ def test_anchor_time_constants_are_finite_on_the_mlp(mlp):
     assert math.isfinite(snap.lipschitz_M) and snap.lipschitz_M > 0 and snap.lipschitz_r > 0
     assert set(lip["quotients"]) == {"v1", "v2", "grad", "random1", "random2", "random3", "random4"}
     assert lip["running_max"] == sorted(lip["running_max"])
+
+
+def test_lipschitz_quotients_match_dense_hessians(mlp):
+    """q(u, r) = ||(H(theta + r u) - H_o) u|| / r per start and radius, against dense Hessians; one power step
+    replaces a start u by w / ||w||, w = (H(theta + r_1 u) - H_o) u / r_1."""
+    snap, obj, loss, hess, dirs = mlp
+    h0, radii = hess(snap.theta), [0.01, 0.1, 1.0]
+
+    def q(u, r):
+        return (hess(snap.theta + r * u) - h0) @ u / r
+
+    for power in (0, 1):
+        lip = hessian_lipschitz(obj, snap.theta, snap.eigvecs, 1, 0, radii, 2.0, 2.0, 0, snap.grad, power)
+        for name, u in (("v1", snap.eigvecs[:, 0]), ("grad", snap.grad / snap.grad.norm())):
+            met = []
+            if power:
+                w = q(u, radii[0])
+                met, u = [float(w.norm())], w / w.norm()
+            want = [float(q(u, r).norm()) for r in radii]
+            want[0] = max([want[0], *met])
+            assert lip["quotients"][name] == pytest.approx(want, rel=1e-8), (name, power)
+        assert lip["hvp"] == 2 * (2 * power + len(radii) + 1)
 
 
 @pytest.mark.parametrize("name", ["task1_grad", "noise", "mixed"])
@@ -236,7 +258,10 @@ def test_perturbation_score_is_the_curvature_ratio_whatever_the_gradient():
     rand = [torch.randn(6, generator=gen, dtype=F64) for _ in range(3)]
     e_rand_unit = sum(float(u @ a @ u) / float(u @ u) for u in rand) / 3 / 2
     for theta in (c, c + torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, 1.0], dtype=F64)):
-        s = perturbation_score(loss, theta, loss(theta), top, 3, [0.01, 1.0, 10.0], seed=7)
+        def along(th, dirs, steps):
+            return torch.tensor([[loss(th + s * u) for u in dirs] for s in steps], dtype=F64)
+
+        s = perturbation_score(along, theta, loss(theta), top, 3, [0.01, 1.0, 10.0], seed=7)
         for r, e_eig, e_rand, score in zip(s["radii"], s["E_eig"], s["E_rand"], s["score"]):
             assert e_eig == pytest.approx(0.5 * r * r * 4.0, rel=1e-9)
             assert e_rand == pytest.approx(r * r * e_rand_unit, rel=1e-9)

@@ -120,3 +120,25 @@ def test_operator_leaves_module_untouched_and_rejects_bad_input():
         make_operator("newton", obj, theta)
     with pytest.raises(ValueError, match="exceeds max_dim"):
         op.dense(max_dim=10)
+
+
+@pytest.mark.parametrize("setting,head,mask", [("class_il", "single", False), ("task_il", "single", True),
+                                               ("task_il", "multi", False)])
+@pytest.mark.parametrize("rows", [1 << 16, 9])  # one pass; a pass of one point (rows < chunk size 7 x 2)
+def test_batched_losses_and_hvps_along_directions_match_dense(setting, head, mask, rows, monkeypatch):
+    import cl_bench.geometry.objective as objective
+
+    monkeypatch.setattr(objective, "BATCHED_ROWS", rows)
+    module, obj, theta, x, task = setup(setting, head, mask)
+    _, loss = dense_loss(module, x, task.y_train, task.id)
+    gen = torch.Generator().manual_seed(3)
+    dirs = torch.randn(3, theta.numel(), generator=gen, dtype=torch.float64)
+    steps = torch.tensor([0.0, 0.3, -0.3, 1.5], dtype=torch.float64)
+    losses, hvps = obj.losses_along(theta, dirs, steps), obj.hvps_along(theta, dirs, steps)
+    assert losses.shape == (4, 3) and hvps.shape == (4, 3, theta.numel())
+    for i, s in enumerate(steps):
+        for j, u in enumerate(dirs):
+            point = theta + s * u
+            assert float(losses[i, j]) == pytest.approx(float(loss(point)), rel=1e-12)
+            torch.testing.assert_close(hvps[i, j], torch.func.hessian(loss)(point) @ u, rtol=1e-10, atol=1e-12)
+    assert theta.equal(flat_params(module))  # the module's parameters untouched

@@ -378,7 +378,8 @@ class PairChecks:
             return self._rec("C6", NA, vals, {"radius_tol": self.cfg.radius_tol}, "D = 0: no update")
         u = self.d / self.d_norm
         radii = sorted({*(r for r in self.cfg.radii if r < self.d_norm), self.d_norm})
-        curve = radius_curve(self.snap.objective.loss, self.snap.theta, self.snap.loss, self.linear / self.d_norm,
+        snap = self.snap
+        curve = radius_curve(snap.objective.losses_along, snap.theta, snap.loss, self.linear / self.d_norm,
                              self.hess_quadratic / self.d_norm**2, u, radii, self.cfg.radius_tol, self.cfg.loss_eps,
                              two_sided=False)
         vals.update(r_star=curve["r_star"], along_d=curve)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, jvp, vmap
 
 from cl_bench.layout import ParamLayout, flat_params
 
@@ -30,6 +30,10 @@ __all__ = ["Objective", "ParamLayout", "cross_entropy_per_sample", "flat_params"
 Forward = Callable[[Tensor, Tensor], Tensor]
 #: per_sample_loss(outputs [B, C], targets [B, ...]) -> losses [B]
 PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
+#: bounds of one batched (vmapped) pass of :meth:`Objective.losses_along` / :meth:`Objective.hvps_along`:
+#: parameter points x probe samples, and parameter points x parameters
+BATCHED_ROWS = 1 << 16
+BATCHED_PARAMS = 1 << 24
 
 
 def cross_entropy_per_sample(z: Tensor, y: Tensor) -> Tensor:
@@ -93,6 +97,48 @@ class Objective:
     def loss(self, theta: Tensor) -> float:
         """L(theta)."""
         return float(sum(self.chunk_loss(theta, x, y) for x, y in self.chunks()))
+
+    @torch.no_grad()
+    def losses_along(self, theta: Tensor, dirs: Tensor, steps: Tensor) -> Tensor:
+        """L(theta + s u) for every step s [S] and direction u (rows of ``dirs`` [D, P]) -> [S, D]; the
+        points are vmapped over in passes of :meth:`points_per_pass` (each built only for its pass)."""
+        def chunk_losses(points: Tensor, x: Tensor, y: Tensor) -> Tensor:
+            return vmap(self.chunk_loss, in_dims=(0, None, None))(points, x, y)
+
+        out = [torch.stack([chunk_losses(points, x, y) for x, y in self.chunks()]).sum(0)
+               for points, _ in self._passes(theta, dirs, steps)]
+        return torch.cat(out).view(steps.numel(), dirs.shape[0])
+
+    def hvps_along(self, theta: Tensor, dirs: Tensor, steps: Tensor) -> Tensor:
+        """H(theta + s u) u for every step s [S] and direction u (rows of ``dirs`` [D, P]) -> [S, D, P]: the
+        forward-over-reverse product d/de grad L(theta + s u + e u) at e = 0, vmapped over the points."""
+        def hvp(point: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
+            def gradient(th: Tensor) -> Tensor:
+                return grad(self.chunk_loss)(th, x, y)
+
+            return jvp(gradient, (point,), (v,))[1]
+
+        def chunk_hvps(points: Tensor, vs: Tensor, x: Tensor, y: Tensor) -> Tensor:
+            return vmap(hvp, in_dims=(0, 0, None, None))(points, vs, x, y)
+
+        with torch.enable_grad():
+            out = [torch.stack([chunk_hvps(points, vs, x, y) for x, y in self.chunks()]).sum(0).detach()
+                   for points, vs in self._passes(theta, dirs, steps)]
+        return torch.cat(out).view(steps.numel(), dirs.shape[0], -1)
+
+    def points_per_pass(self) -> int:
+        """Parameter points per batched pass: at most :data:`BATCHED_ROWS` points x chunk samples and
+        :data:`BATCHED_PARAMS` points x parameters (one point at a time for the largest models)."""
+        return max(1, min(BATCHED_ROWS // self.batch_size, BATCHED_PARAMS // max(self.dim, 1)))
+
+    def _passes(self, theta: Tensor, dirs: Tensor, steps: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+        """(points theta + s u, directions u) [n, P] of each pass, over the pairs (s, u) in step-major order."""
+        pairs = [(i, j) for i in range(steps.numel()) for j in range(dirs.shape[0])]
+        n = self.points_per_pass()
+        for k in range(0, len(pairs), n):
+            s_idx, d_idx = (torch.tensor(ix, device=dirs.device) for ix in zip(*pairs[k:k + n]))
+            vs = dirs[d_idx]
+            yield theta + steps.to(theta)[s_idx, None] * vs, vs
 
     def loss_and_grad(self, theta: Tensor) -> tuple[float, Tensor]:
         """L(theta) and grad L(theta) [P]."""

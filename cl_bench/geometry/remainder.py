@@ -31,7 +31,6 @@ import torch
 from torch import Tensor
 
 from .objective import Objective
-from .operators import HessianOperator
 
 
 def stable_constant(quotients: dict[str, list[float]], radii: Sequence[float], stability: float,
@@ -53,10 +52,12 @@ def stable_constant(quotients: dict[str, list[float]], radii: Sequence[float], s
             "stability": stability, "safety": safety, "floor": floor}
 
 
-def _quotient(objective: Objective, theta: Tensor, u: Tensor, h0u: Tensor, r: float) -> tuple[Tensor, int]:
-    """(H(theta + r u) - H_o) u / r (one Hessian-vector product at theta + r u) and the product count."""
-    hr = HessianOperator(objective, theta + r * u)
-    return (hr.matvec(u) - h0u) / r, hr.n_matvec
+def _quotients(objective: Objective, theta: Tensor, dirs: Tensor, radii: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """(H(theta + r u) - H_o) u / r for every direction u (rows of ``dirs`` [S, P]) and radius r [R]
+    -> [S, R, P], and H_o u [S, P]: one batched call of S x (R + 1) products, H_o u among them."""
+    r = torch.tensor([0.0, *radii], dtype=theta.dtype, device=theta.device)  # [R + 1]
+    hu = objective.hvps_along(theta, dirs, r).transpose(0, 1)  # [S, R + 1, P]
+    return (hu[:, 1:] - hu[:, :1]) / r[1:, None], hu[:, 0]
 
 
 def hessian_lipschitz(objective: Objective, theta: Tensor, eigvecs: Tensor, n_eig: int, n_random: int,
@@ -68,8 +69,9 @@ def hessian_lipschitz(objective: Objective, theta: Tensor, eigvecs: Tensor, n_ei
     and non-zero) and ``n_random`` random unit vectors. Each start is refined by ``power_iters`` steps
     u <- w / ||w||, w = (H(theta + r_1 u) - H_o) u / r_1 ~ T[u, u, .] (T the third-derivative tensor):
     the higher-order power method towards the direction of the largest ||T[u, u, .]||, the spectral norm
-    of T that bounds the remainder at small radii for every D. Each refined direction is then scanned
-    over every radius. Quotients met during the refinement count at r_1.
+    of T that bounds the remainder at small radii for every D (a start whose w is 0 or not finite keeps
+    its direction). Each refined direction is then scanned over every radius. Quotients met during the
+    refinement count at r_1. The products of all starts are batched (:meth:`Objective.hvps`).
     """
     gen = torch.Generator().manual_seed(seed)
     starts: list[tuple[str, Tensor]] = [(f"v{i + 1}", eigvecs[:, i]) for i in range(min(n_eig, eigvecs.shape[1]))]
@@ -81,32 +83,33 @@ def hessian_lipschitz(objective: Objective, theta: Tensor, eigvecs: Tensor, n_ei
     radii = sorted(float(r) for r in radii)
     if not starts:
         return {"M": math.inf, "r": 0.0, "quotients": {}, "hvp": 0, "running_max": [], "radii": radii}
-    h0 = HessianOperator(objective, theta)
+    dirs = torch.stack([u for _, u in starts])  # [S, P]
     n, h0_max = 0, 0.0
+    first: list[list[float]] = [[] for _ in starts]
+    refining = torch.ones(len(starts), dtype=torch.bool)
+    for _ in range(power_iters):
+        idx = refining.nonzero().flatten()
+        if not len(idx):
+            break
+        w, h0u = _quotients(objective, theta, dirs[idx], radii[:1])
+        n += 2 * len(idx)
+        h0_max = max(h0_max, float(h0u.norm(dim=1).max()))
+        norms = w[:, 0].norm(dim=1)
+        for i, norm in zip(idx.tolist(), norms.tolist()):
+            first[i].append(norm)
+            refining[i] = norm > 0 and math.isfinite(norm)
+        grow = refining[idx]
+        dirs[idx[grow]] = w[grow, 0] / norms[grow, None]
+    w, h0u = _quotients(objective, theta, dirs, radii)
+    n += len(starts) * (len(radii) + 1)
+    h0_max = max(h0_max, float(h0u.norm(dim=1).max()))
     quotients: dict[str, list[float]] = {}
-    for name, u in starts:
-        first: list[float] = []
-        for _ in range(power_iters):
-            h0u = h0.matvec(u)
-            h0_max = max(h0_max, float(h0u.norm()))
-            w, k = _quotient(objective, theta, u, h0u, radii[0])
-            n += k
-            first.append(float(w.norm()))
-            if not (float(w.norm()) > 0 and math.isfinite(float(w.norm()))):
-                break
-            u = w / w.norm()
-        h0u = h0.matvec(u)
-        h0_max = max(h0_max, float(h0u.norm()))
-        curve: list[float] = []
-        for r in radii:
-            w, k = _quotient(objective, theta, u, h0u, r)
-            n += k
-            curve.append(float(w.norm()))
-        curve[0] = max([curve[0], *first])
+    for (name, _), curve, met in zip(starts, w.norm(dim=2).tolist(), first):
+        curve[0] = max([curve[0], *met])
         quotients[name] = curve
     floor = 1000 * torch.finfo(theta.dtype).eps * h0_max / radii[0]
     out = stable_constant(quotients, radii, stability, safety, floor)
-    out.update(quotients=quotients, hvp=n + h0.n_matvec)
+    out.update(quotients=quotients, hvp=n)
     return out
 
 

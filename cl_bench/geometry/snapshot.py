@@ -105,7 +105,7 @@ def take_snapshot(objective: Objective, theta: Tensor, task: int, cfg: ChecksCon
         snap.radius = radius_rec["r_star"]
         n_eig = min(cfg.score_eigvecs, snap.k)
         if n_eig and cfg.score_random:
-            score = perturbation_score(objective.loss, theta, loss, snap.eigvecs[:, :n_eig], cfg.score_random,
+            score = perturbation_score(objective.losses_along, theta, loss, snap.eigvecs[:, :n_eig], cfg.score_random,
                                        cfg.score_radii, cfg.seed + 104729 * (task + 1))
         cost["radius"] = {"hvp": op.n_matvec - before, "seconds": time.perf_counter() - t0}
     lip = None
@@ -143,7 +143,7 @@ def validity_radius(snap: Snapshot, matvec: Any, cfg: ChecksConfig) -> dict[str,
         directions.append((f"random{j + 1}", u, float(u @ matvec(u))))
     curves = {}
     for name, u, curv in directions:
-        curves[name] = radius_curve(snap.objective.loss, snap.theta, snap.loss, float(snap.grad @ u), curv, u,
+        curves[name] = radius_curve(snap.objective.losses_along, snap.theta, snap.loss, float(snap.grad @ u), curv, u,
                                     cfg.radii, cfg.radius_tol, cfg.loss_eps)
     r_star = min((c["r_star"] for c in curves.values()), default=math.inf)
     return {"r_star": r_star, "r_max_tested": max(cfg.radii), "tol": cfg.radius_tol, "directions": curves}
