@@ -23,6 +23,9 @@ from cl_bench.config import build_plan, load_config
 from cl_bench.progress import Event
 from cl_bench.runner import execute
 
+# the runs use each node's own installation, as cl_bench.ray_backend sets before it imports Ray (which reads
+# this once, at import): an in-process driver of these tests imports Ray here first
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
@@ -105,14 +108,15 @@ def test_grid_runs_on_both_nodes_with_the_local_results(cluster: dict[str, str],
     done = re.findall(r"\[(\d+)/20 tasks, [^\]]*\] (\S+): task (\d)/5 done$", proc.stderr, re.MULTILINE)
     assert sorted((run_id, int(t)) for _, run_id, t in done) == [(r, t) for r in sorted(where) for t in range(1, 6)]
     assert int(done[-1][0]) == 20 and "done: 20/20 tasks" in proc.stdout
+    print("\n".join(line for line in proc.stderr.splitlines() if line.startswith(("[", "ray: "))))
     assert_same_as_local(tmp_path / "ray", local_results(tmp_path))
 
 
 def test_the_driver_receives_the_progress_events_of_the_runs_on_every_node(
         cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    for key in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED", "RAY_ENABLE_UV_RUN_RUNTIME_ENV"):
-        monkeypatch.setenv(key, cluster.get(key, "0"))
+    for key in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED"):
+        monkeypatch.setenv(key, cluster[key])
     plan = build_plan(load_config(["strategy=[naive,ewc]", "settings=[class_il]", "trainer.epochs=2",
                                    "checks.enabled=false", "trainer.train_loss_probe=100", "sweep.backend=ray",
                                    f"sweep.ray.address={cluster['address']}", f"output.dir={tmp_path}"]))
