@@ -2,10 +2,12 @@
 
 The runner :func:`emit` s events (a run's task starts, an epoch ends, a task
 ends); in a pool worker they go through a queue to the main process
-(:func:`queue_sink`, drained by :class:`Drain`). :class:`Board` turns them into
-a live table of every running run (label, setting, seed, task t/T, epoch e/E)
-with the experiment's overall progress and ETA, or, when the output is not a
-terminal, into one plain line per finished task.
+(:func:`queue_sink`, drained by :class:`Drain`), from a Ray task through a Ray
+queue (:mod:`cl_bench.ray_backend`, which adds the ``node`` a run trains on).
+:class:`Board` turns them into a live table of every running run (label, setting,
+seed, node on a cluster, task t/T, epoch e/E) with the experiment's overall
+progress and ETA, or, when the output is not a terminal, into one plain line per
+started run and finished task.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any, TextIO
 import lightning as L
 
 Event = dict[str, Any]
-_SINK: list[Callable[[Event], None]] = []
+Sink = Callable[[Event], None]
+_SINK: list[Sink] = []
 
 
-def set_sink(sink: Callable[[Event], None] | None) -> None:
+def set_sink(sink: Sink | None) -> None:
     """Where :func:`emit` sends the events of this process (None: nowhere)."""
     _SINK[:] = [sink] if sink is not None else []
 
@@ -34,7 +37,7 @@ def emit(**event: Any) -> None:
         sink(event)
 
 
-def queue_sink(q: Any) -> Callable[[Event], None]:
+def queue_sink(q: Any) -> Sink:
     """A sink putting events on a multiprocessing queue (pool workers)."""
     return q.put
 
@@ -119,13 +122,16 @@ class Board:
             for run_id in event.get("runs", []):
                 row = self.running.setdefault(run_id, {"task": 0, "tasks": event.get("tasks", 0), "epoch": 0,
                                                        "epochs": 0, "since": time.monotonic()})
+                if kind == "run_start" and "node" in event:
+                    row["node"] = event["node"]
                 if kind == "task_start":
                     row.update(task=event["task"] + 1, tasks=event["tasks"], epoch=0, epochs=event.get("epochs", 0))
                 elif kind == "epoch":
                     row.update(epoch=event["epoch"], epochs=event["epochs"])
             if kind == "run_start" and self.plain:
+                where = f" on node {event['node']}" if "node" in event else ""
                 print(f"[{self.status()}] {', '.join(event['runs'])}: started at task {event['task'] + 1}/"
-                      f"{event['tasks']}", file=self.out, flush=True)
+                      f"{event['tasks']}{where}", file=self.out, flush=True)
             if kind == "task_end":
                 for run_id in event["runs"]:  # one training may serve several runs
                     self.run_done[run_id] = self.run_done.get(run_id, 0) + 1
@@ -154,11 +160,13 @@ class Board:
         with self.lock:
             title = f"{self.name}: {self.status()}" + ("" if self.running else f" ({self.phase})")
             table = Table(title=title, title_justify="left")
-            for column in ("run", "setting", "seed", "task", "epoch", "running for"):
+            nodes = any("node" in row for row in self.running.values())  # runs on a Ray cluster
+            for column in ("run", "setting", "seed", *(["node"] if nodes else []), "task", "epoch", "running for"):
                 table.add_column(column)
             for run_id, row in sorted(self.running.items()):
                 setting, label, seed = run_id.split("/")
-                table.add_row(label, setting, seed.removeprefix("seed"), f"{row['task']}/{row['tasks']}",
+                table.add_row(label, setting, seed.removeprefix("seed"), *([row.get("node", "-")] if nodes else []),
+                              f"{row['task']}/{row['tasks']}",
                               f"{row['epoch']}/{row['epochs']}" if row["epochs"] else "-",
                               _clock(time.monotonic() - row["since"]))
             return table

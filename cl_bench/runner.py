@@ -1067,7 +1067,7 @@ def execute(
         if plan.sweep.backend == "ray":
             from cl_bench.ray_backend import execute_ray
 
-            yield from execute_ray(plan, groups, log_cfg, on_task_end)
+            yield from execute_ray(plan, groups, log_cfg, on_task_end, on_progress)
             return
         if workers <= 1 or len(groups) <= 1:
             for group in groups:

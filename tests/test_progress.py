@@ -38,6 +38,29 @@ def test_the_board_counts_tasks_per_run_and_shows_each_running_run() -> None:
                     r"task 1/2 done", lines[1])
 
 
+def test_the_board_shows_the_node_of_a_cluster_run() -> None:
+    out = io.StringIO()
+    board = Board("exp", total=4, plain=True, out=out)
+    board({"kind": "run_start", "runs": ["class_il/ewc/seed0"], "task": 1, "tasks": 2, "node": "0a1b2c3d4e5f"})
+    board({"kind": "task_start", "runs": ["class_il/ewc/seed0"], "task": 1, "tasks": 2, "epochs": 3,
+           "node": "0a1b2c3d4e5f"})
+    board({"kind": "run_start", "runs": ["class_il/naive/seed0"], "task": 0, "tasks": 2})
+    assert out.getvalue().splitlines()[0].endswith("class_il/ewc/seed0: started at task 2/2 on node 0a1b2c3d4e5f")
+    assert out.getvalue().splitlines()[1].endswith("class_il/naive/seed0: started at task 1/2")
+    table = io.StringIO()
+    Console(file=table, width=120).print(board)
+    header, *rows = [ln for ln in table.getvalue().splitlines() if "node" in ln or "seed0" in ln or "ewc" in ln
+                     or "naive" in ln]
+    assert header.split("┃")[4].strip() == "node"
+    ewc, naive = sorted(rows, key=lambda r: "naive" in r)
+    assert ewc.split("│")[4].strip() == "0a1b2c3d4e5f" and naive.split("│")[4].strip() == "-"
+    local = Board("exp", total=4, plain=False)
+    local({"kind": "run_start", "runs": ["class_il/naive/seed0"], "task": 0, "tasks": 2})
+    table = io.StringIO()
+    Console(file=table, width=120).print(local)
+    assert "node" not in table.getvalue()  # a local run has no node column
+
+
 @pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_plain_lines_for_every_task_of_every_run(tmp_path, capsys, workers) -> None:
     assert main(["run", *TINY, f"sweep.workers={workers}", f"output.dir={tmp_path}"]) == 0

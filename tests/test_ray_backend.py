@@ -1,11 +1,13 @@
 """sweep.backend=ray on a real two-node Ray cluster of this machine (loopback only): the Split-Digits grid
-runs on both nodes with the results of the local backend, and a run whose worker process is killed is
-retried by Ray, resumes from its checkpoint and ends with the same matrices."""
+runs on both nodes with the results of the local backend, the driver receives the progress events of the
+runs on both nodes, and a run whose worker process is killed is retried by Ray, resumes from its checkpoint
+and ends with the same matrices."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,13 +20,18 @@ from pathlib import Path
 import pytest
 
 from cl_bench.config import build_plan, load_config
+from cl_bench.progress import Event
 from cl_bench.runner import execute
 
+# the runs use each node's own installation, as cl_bench.ray_backend sets before it imports Ray (which reads
+# this once, at import): an in-process driver of these tests imports Ray here first
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 GRID = ["strategy=[naive,ewc]", "seeds=[0,1]", "settings=[class_il]", "trainer.epochs=3", "checks.enabled=false",
         "trainer.train_loss_probe=100"]
+TASKS = 5  # Split-Digits
 RAY = Path(sys.executable).with_name("ray")
 #: Ray turns the spellings "localhost" and "127.0.0.1" of a joining node's --address into the machine's
 #: routable address; a head advertising 127.0.0.1 binds loopback only, and this spelling reaches it as is
@@ -95,7 +102,41 @@ def test_grid_runs_on_both_nodes_with_the_local_results(cluster: dict[str, str],
     where = nodes_of(proc.stderr)
     assert len(where) == 4 and len(set(where.values())) == 2, proc.stderr  # every run reported, both nodes used
     assert proc.stdout.count("results: ") == 1
+    # the plain progress lines of the cluster's runs: where each started, each task of each run, the last count
+    started = dict(re.findall(r"\] (\S+): started at task 1/5 on node (\w+)$", proc.stderr, re.MULTILINE))
+    assert started == where, proc.stderr
+    done = re.findall(r"\[(\d+)/20 tasks, [^\]]*\] (\S+): task (\d)/5 done$", proc.stderr, re.MULTILINE)
+    assert sorted((run_id, int(t)) for _, run_id, t in done) == [(r, t) for r in sorted(where) for t in range(1, 6)]
+    assert int(done[-1][0]) == 20 and "done: 20/20 tasks" in proc.stdout
+    print("\n".join(line for line in proc.stderr.splitlines() if line.startswith(("[", "ray: "))))
     assert_same_as_local(tmp_path / "ray", local_results(tmp_path))
+
+
+def test_the_driver_receives_the_progress_events_of_the_runs_on_every_node(
+        cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for key in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED"):
+        monkeypatch.setenv(key, cluster[key])
+    plan = build_plan(load_config(["strategy=[naive,ewc]", "settings=[class_il]", "trainer.epochs=2",
+                                   "checks.enabled=false", "trainer.train_loss_probe=100", "sweep.backend=ray",
+                                   f"sweep.ray.address={cluster['address']}", f"output.dir={tmp_path}"]))
+    log: list[Event] = []
+    for result in execute(plan, on_progress=log.append):
+        assert result.status == "ok", result.error
+        log.append({"kind": "result", "runs": [result.run_id]})
+    where = nodes_of(capsys.readouterr().err)
+    assert sorted(where) == ["class_il/ewc/seed0", "class_il/naive/seed0"] and len(set(where.values())) == 2
+    for run_id, node in where.items():
+        mine = [e for e in log if e.get("runs") == [run_id]]
+        assert all(e["node"] == node for e in mine if e["kind"] != "result")  # tagged with the node it ran on
+        # the run's whole story, in order, before its result reached the caller
+        expected = [("run_start", 0, TASKS)] + [x for t in range(TASKS) for x in (
+            ("task_start", t, TASKS), ("epoch", 1, 2), ("epoch", 2, 2), ("task_end", t, None))] + [("result",)]
+        seen = [(e["kind"], e["task"], e["tasks"]) if e["kind"] in ("run_start", "task_start") else
+                (e["kind"], e["epoch"], e["epochs"]) if e["kind"] == "epoch" else
+                (e["kind"], e["task"], None) if e["kind"] == "task_end" else (e["kind"],) for e in mine]
+        assert seen == expected, run_id
+    assert any(e["kind"] == "note" and "2 nodes" in e["text"] for e in log)
 
 
 def training_workers() -> dict[int, str]:
