@@ -437,6 +437,7 @@ def _container(node: Any) -> Any:
 
 def build_plan(cfg: DictConfig) -> Plan:
     """Validate the whole configuration and expand it into runs (no training)."""
+    from cl_bench.data.avalanche_benchmarks import check_benchmark
     from cl_bench.data.scenarios import parse_scenario_cfg
     from cl_bench.data.sources import DatasetError
     from cl_bench.geometry.config import ChecksConfig
@@ -472,7 +473,13 @@ def build_plan(cfg: DictConfig) -> Plan:
         raise ConfigError(f"seeds {outside} outside [{low}, {high}] (the range of the seeded generators)")
     _check_finite(_container(cfg), "")
     warn_shared_draw(scenario_cfg, seeds)
-    to_dataclass(DataConfig, _container(cfg.get("data")), "data")
+    data = to_dataclass(DataConfig, _container(cfg.get("data")), "data")
+    for s in settings:  # an Avalanche benchmark is built here: its data, arguments and task labels checked
+        try:
+            check_benchmark({**scenario_cfg, "setting": s, **({"seed": 0} if per_run else {})}, data.root,
+                            data.download)
+        except (ValueError, KeyError, DatasetError) as err:
+            raise ConfigError(str(err.args[0]) if err.args else str(err)) from err
     output = to_dataclass(OutputConfig, _container(cfg.get("output")), "output")
     to_dataclass(TrainerConfig, cfg.trainer, "trainer")  # global sections are checked even when
     to_dataclass(OptimizerConfig, cfg.optimizer, "optimizer")  # every strategy overrides them

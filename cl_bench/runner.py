@@ -762,7 +762,15 @@ def restore_superseded(output_dir: Path, spec: RunSpec) -> RunResult | None:
 def identify_run(spec: RunSpec) -> None:
     """Put the digests of the data files the run reads into its spec (``data.files``), so that its
     configuration hash changes with the data and a result of other data is never reused; a dataset of one's
-    own is also described there (``data.source``: name, shapes, dtype, classes)."""
+    own is also described there (``data.source``: name, shapes, dtype, classes; for an Avalanche benchmark its
+    name, arguments and experiences: :func:`~cl_bench.data.avalanche_benchmarks.describe_benchmark`)."""
+    if spec.scenario.get("kind") == "avalanche":
+        from cl_bench.data.avalanche_benchmarks import describe_benchmark
+
+        kept = {k: v for k, v in spec.data.items() if k not in ("files", "source")}
+        about = describe_benchmark(spec.scenario, kept.get("root"), bool(kept.get("download", False)))
+        spec.data = {**kept, "source": about}
+        return
     source, path = str(spec.scenario["source"]), spec.scenario.get("path")
     files = source_fingerprint(source, path or spec.data.get("root"))
     kept = {k: v for k, v in spec.data.items() if k not in ("files", "source")}

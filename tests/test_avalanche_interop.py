@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from cl_bench.data import TaskBatches
-from cl_bench.data.avalanche_interop import scenario_from_avalanche
+from cl_bench.data.avalanche_interop import experience_task_labels, scenario_from_avalanche
 
 nc_benchmark = pytest.importorskip("avalanche.benchmarks.scenarios.deprecated.generators").nc_benchmark
 
@@ -76,3 +76,40 @@ def test_images_outside_unit_range_stay_as_given() -> None:
     # the batcher takes float images as already scaled
     xb, yb, tb = next(iter(TaskBatches(task.x_train, task.y_train, 1, batch_size=64, shuffle=False)))
     assert torch.equal(xb, task.x_train) and torch.equal(tb, torch.ones(10, dtype=torch.long))
+
+
+def test_task_labels_become_task_ids_or_an_error_in_task_il(benchmark) -> None:
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+
+    shared = benchmark[0]  # task_labels=False: every experience has task label 0
+    assert experience_task_labels(shared, "class_il", "shared") == [0, 0, 0]
+    with pytest.raises(ValueError, match=r"task labels \[0, 0, 0\] repeat"):
+        scenario_from_avalanche(shared, "task_il", "shared")
+    x8, xf, y = indexed_images(60, 6)
+    own = nc_benchmark(TensorDataset(xf, y), TensorDataset(xf[:30], y[:30]), n_experiences=3, task_labels=True,
+                       seed=2)
+    sc = scenario_from_avalanche(own, "task_il", "own")
+    assert [t.id for t in sc.tasks] == [e.task_label for e in own.train_stream] == [0, 1, 2]
+    for row, exp in zip(sc.class_mask(), own.train_stream):
+        assert row.nonzero().squeeze(1).tolist() == sorted(exp.classes_in_this_experience)
+    tr, te = list(own.train_stream), list(own.test_stream)
+    mixed = with_task_labels(benchmark_from_datasets(train=[tr[0].dataset.concat(tr[1].dataset), tr[2].dataset],
+                                                     test=[te[0].dataset.concat(te[1].dataset), te[2].dataset]))
+    assert experience_task_labels(mixed, "class_il", "mixed") == [None, 2]
+    with pytest.raises(ValueError, match=r"train experience 0 has task labels \[0, 1\]"):
+        scenario_from_avalanche(mixed, "task_il", "mixed")
+
+
+def test_subsets_are_class_stratified_and_seeded(benchmark) -> None:
+    bm, (x8, y), _ = benchmark
+    full = scenario_from_avalanche(bm, "class_il", "full")
+    sub = scenario_from_avalanche(bm, "class_il", "sub", train_subsample=10, test_subsample=4, seed=5)
+    again = scenario_from_avalanche(bm, "class_il", "sub", train_subsample=10, test_subsample=4, seed=5)
+    for task, whole, twin in zip(sub.tasks, full.tasks, again.tasks):
+        assert task.n_train == 10 and task.n_test == 4 and task.classes == whole.classes
+        idx = task.x_train[:, 0, 0, 0].long()  # the first pixel names the original sample
+        assert torch.equal(task.x_train, x8[idx]) and torch.equal(task.y_train, y[idx])
+        assert set(idx.tolist()) <= set(whole.x_train[:, 0, 0, 0].long().tolist())
+        assert sorted(task.y_train.bincount().tolist())[-2:] == [5, 5]  # 20 samples, 10 per class -> 5 + 5
+        assert torch.equal(task.x_train, twin.x_train) and torch.equal(task.x_test, twin.x_test)

@@ -17,7 +17,7 @@ def rows(x: torch.Tensor) -> set[tuple[int, ...]]:
 
 
 def test_kinds_are_described() -> None:
-    assert set(SCENARIO_KINDS) == {"split", "permuted", "rotated"}
+    assert set(SCENARIO_KINDS) == {"split", "permuted", "rotated", "avalanche"}
 
 
 def test_split_natural_order_takes_every_sample_of_its_classes() -> None:

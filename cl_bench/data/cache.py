@@ -6,8 +6,9 @@ every data file read, the torch / torchvision versions and the source of the sce
 change to any of them builds anew instead of loading a stale scenario. Concurrent processes are safe:
 a file is written to a temporary name and renamed into place (:func:`cl_bench.results.write_atomic`),
 and builders of one key wait on a lock file (``fcntl.flock`` where available), so two pool workers
-build it once. Folder: ``sweep.cache_dir``, else ``$CL_BENCH_CACHE/scenarios``, else
-``~/.cache/cl_bench/scenarios``.
+build it once. A scenario of an Avalanche benchmark (``kind: avalanche``) is not cached: the files it is
+built from are its loader's own, so no key could follow them (:func:`cacheable`). Folder:
+``sweep.cache_dir``, else ``$CL_BENCH_CACHE/scenarios``, else ``~/.cache/cl_bench/scenarios``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def cache_folder(configured: str | None = None) -> Path:
 def _builders_digest() -> str:
     here = Path(__file__).resolve().parent
     return hashlib.sha256(b"".join((here / name).read_bytes() for name in BUILDERS)).hexdigest()
+
+
+def cacheable(cfg: Mapping[str, Any]) -> bool:
+    """Whether the scenario of ``cfg`` is kept in the cache: every kind but ``avalanche``."""
+    return cfg.get("kind") != "avalanche"
 
 
 def scenario_digest(cfg: Mapping[str, Any], root: str | None) -> str:
@@ -108,9 +114,12 @@ class ScenarioCache:
             return None
 
     def get(self, cfg: Mapping[str, Any], root: str | None, build: Callable[[], Scenario]) -> Scenario:
-        """The scenario of ``cfg``: from the cache, else ``build()`` it (once across processes) and store it."""
+        """The scenario of ``cfg``: from the cache, else ``build()`` it (once across processes) and store it
+        (built in every call when not :func:`cacheable`)."""
         from cl_bench.results import OutputWriteError, write_atomic
 
+        if not cacheable(cfg):
+            return build()
         digest = scenario_digest(cfg, root)
         path = self.path(digest)
         found = self._read(path)

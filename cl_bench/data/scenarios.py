@@ -15,7 +15,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, cast, overload
+from typing import TYPE_CHECKING, Any, Callable, Mapping, cast, overload
 
 import torch
 from torch import Tensor
@@ -26,15 +26,19 @@ from .batching import Augment
 from .sources import Source, load_source, needs_path, source_info, source_num_classes, stratified_split
 from .task import SETTINGS, Scenario, Setting, Task
 
+if TYPE_CHECKING:
+    from .avalanche_benchmarks import BenchmarkConfig
+
 SCENARIO_KINDS: dict[str, str] = {
     "split": "disjoint groups of classes, one group per task (Split-MNIST; Zenke et al. 2017)",
     "permuted": "all classes, one fixed random pixel permutation per task (Goodfellow et al. 2013)",
     "rotated": "all classes, one fixed rotation angle per task (Lopez-Paz & Ranzato 2017)",
+    "avalanche": "the experiences of an Avalanche benchmark (scenario.benchmark, scenario.benchmark_args)",
 }
 SCENARIO_KEYS: tuple[str, ...] = (
     "name", "kind", "source", "setting", "n_tasks", "classes_per_task", "class_order", "seed",
     "angle_range", "val_fraction", "train_subsample", "test_subsample", "first_identity", "augment",
-    "normalize", "pad_to", "interpolation", "path",
+    "normalize", "pad_to", "interpolation", "path", "benchmark", "benchmark_args",
 )
 #: rotation resampling: PIL's default (nearest, Mammoth's Rotated-MNIST) or bilinear (cl-bench's default)
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -126,8 +130,18 @@ def _augment(cfg: Mapping[str, Any]) -> Augment | None:
     return Augment(padding=padding, flip=flip)
 
 
-def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
-    """Validate a scenario config (no data is loaded); errors name the key."""
+def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig | BenchmarkConfig:
+    """Validate a scenario config (no data is loaded); errors name the key. ``kind: avalanche``:
+    :func:`cl_bench.data.avalanche_benchmarks.parse_benchmark_cfg`."""
+    if cfg.get("kind") == "avalanche":
+        from .avalanche_benchmarks import parse_benchmark_cfg
+
+        return parse_benchmark_cfg(cfg)
+    return _parse_dataset_cfg(cfg)
+
+
+def _parse_dataset_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
+    """Validate the config of a scenario drawn from a dataset (kinds split, permuted, rotated)."""
     unknown = sorted(set(cfg) - set(SCENARIO_KEYS))
     if unknown:
         raise KeyError(f"scenario: unknown key(s) {unknown}; valid keys: {', '.join(SCENARIO_KEYS)}")
@@ -143,6 +157,9 @@ def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
     path = cfg.get("path")
     if needs_path(source) and not path:
         raise KeyError(f"scenario.path is required for source={source} (the file or folder to read)")
+    for key in ("benchmark", "benchmark_args"):
+        if cfg.get(key) is not None:
+            raise _err(key, f"applies only to kind=avalanche, not kind={kind}")
     if path and not needs_path(source):
         raise _err("path", f"applies only to the file sources (npz, pt, image_folder), not source={source}")
     if setting not in SETTINGS:
@@ -305,8 +322,13 @@ def build_scenario(cfg: Mapping[str, Any], root: str | os.PathLike | None = None
     every task has all classes, transformed by its own permutation/angle.
     class_il/task_il keep global labels (n_outputs = number of classes);
     domain_il relabels split tasks to the within-task index (n_outputs = k).
+    avalanche: :func:`cl_bench.data.avalanche_benchmarks.build_benchmark_scenario`.
     """
-    spec = parse_scenario_cfg(cfg)
+    if cfg.get("kind") == "avalanche":
+        from .avalanche_benchmarks import build_benchmark_scenario
+
+        return build_benchmark_scenario(cfg, root, download)
+    spec = _parse_dataset_cfg(cfg)
     src = load_source(spec.source, spec.path or root, download)
     if spec.pad_to is not None:
         h, w = src.input_shape[1:]
