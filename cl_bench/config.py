@@ -17,7 +17,9 @@ any data is loaded or any model trained.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -418,7 +420,22 @@ def _check_strategy_entries(given: DictConfig, labels: list[str]) -> None:
 
 # -------------------------------------------------------------- validation
 def to_dataclass(cls: type, data: Any, where: str) -> Any:
-    """Merge ``data`` into dataclass ``cls`` with type checks; errors name ``where.key``."""
+    """Merge ``data`` into dataclass ``cls`` with type checks; errors name ``where.key``. The same
+    (plain, JSON-expressible) data is validated once per process; each call gets its own copy."""
+    plain = _container(data)
+    try:
+        key = json.dumps(plain, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):  # not expressible as JSON: validated as it is, every time
+        return _merged(cls, plain, where)
+    return copy.deepcopy(_validated(cls, key, where))
+
+
+@functools.lru_cache(maxsize=1024)
+def _validated(cls: type, data: str, where: str) -> Any:
+    return _merged(cls, json.loads(data), where)
+
+
+def _merged(cls: type, data: Any, where: str) -> Any:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), data or {})
         return OmegaConf.to_object(merged)

@@ -1046,32 +1046,34 @@ def execute(
     ``on_progress`` gets the :mod:`cl_bench.progress` events of every run, from this process or the pool's.
     """
     progress.set_sink(on_progress)
-    progress.emit(kind="note", text=f"loading the data and checking {len(plan.runs)} runs")
-    prepared = prepare(plan)
-    scenarios = prepared.scenarios
-    preflight(plan, scenarios)
-    log_cfg = logger_config(plan.config.get("logger"))
-    lead = process_is_lead()
-    todo = []
-    for spec in plan.runs:
-        done = finished(result_path(plan.output_dir, spec), spec) if resume else None
-        if done is None and resume and lead:
-            done = restore_superseded(plan.output_dir, spec)
-        if done is not None:
-            yield done
-            continue
-        if lead:
-            set_aside(plan.output_dir, spec)
-            if resume:
-                check_checkpoint(plan.output_dir, spec)
-            else:
-                checkpoint_path(plan.output_dir, spec).unlink(missing_ok=True)
-        todo.append(spec)
-    keys = {s.run_id: s.run_id for s in todo} if log_cfg.use else prepared.training
-    groups = training_groups(todo, keys)
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, _interrupt) if main else None
+    previous: Any = None
     try:
+        progress.emit(kind="note", text=f"loading the data and checking {len(plan.runs)} runs")
+        prepared = prepare(plan)
+        scenarios = prepared.scenarios
+        preflight(plan, scenarios)
+        log_cfg = logger_config(plan.config.get("logger"))
+        lead = process_is_lead()
+        todo = []
+        for spec in plan.runs:
+            done = finished(result_path(plan.output_dir, spec), spec) if resume else None
+            if done is None and resume and lead:
+                done = restore_superseded(plan.output_dir, spec)
+            if done is not None:
+                yield done
+                continue
+            if lead:
+                set_aside(plan.output_dir, spec)
+                if resume:
+                    check_checkpoint(plan.output_dir, spec)
+                else:
+                    checkpoint_path(plan.output_dir, spec).unlink(missing_ok=True)
+            todo.append(spec)
+        keys = {s.run_id: s.run_id for s in todo} if log_cfg.use else prepared.training
+        groups = training_groups(todo, keys)
+        if main:
+            previous = signal.signal(signal.SIGINT, _interrupt)
         if plan.sweep.backend == "ray":
             from cl_bench.ray_backend import execute_ray
 
@@ -1088,7 +1090,7 @@ def execute(
         yield from _execute_pool(plan, groups, log_cfg, workers, on_progress)
     finally:
         progress.set_sink(None)
-        if main:
+        if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
 
