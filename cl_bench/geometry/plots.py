@@ -25,6 +25,7 @@ from cl_bench.results import RunResult
 from .table import group_runs, records
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # one per strategy class
+PANELS_PER_ROW = 6  # panels of the C10 figure per row
 
 
 def _points(runs: list[RunResult], check_id: str, x_key: str, y_key: str) -> np.ndarray:
@@ -100,15 +101,20 @@ def plot_predicted_vs_measured(results: list[RunResult], path: str | Path) -> Pa
 
 
 def plot_forgetting_vs_update_size(results: list[RunResult], path: str | Path) -> Path:
-    """C10: E (y, symlog) vs ||theta_t - theta_o*|| (x, log) per (o, t); a panel per strategy class."""
+    """C10: E (y, symlog) vs ||theta_t - theta_o*|| (x, log) per (o, t); a panel per strategy class, at most
+    :data:`PANELS_PER_ROW` to a row."""
     groups = group_runs(results)
     by_class: dict[str, list[str]] = {}
     for name, runs in groups.items():
         by_class.setdefault(runs[0].strategy, []).append(name)
     pts = {name: _points(runs, "C10", "distance", "forgetting") for name, runs in groups.items()}
     n = max(len(by_class), 1)
-    fig = Figure(figsize=(4.6 * n, 4.4))
-    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    cols = min(n, PANELS_PER_ROW)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(3.8 * cols, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
     everything = np.concatenate([p for p in pts.values()] or [np.zeros((0, 2))])
     if everything.size == 0:
         _empty(axes[0], "C10")
@@ -131,7 +137,8 @@ def plot_forgetting_vs_update_size(results: list[RunResult], path: str | Path) -
         ax.set_xlabel(r"update size $\|\theta_t - \theta_o^*\|$")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
-    axes[0].set_ylabel(r"loss forgetting $E = L_o(\theta_t) - L_o(\theta_o^*)$ (nats, symlog)")
+    for ax in axes[::cols]:
+        ax.set_ylabel(r"loss forgetting $E$ (nats, symlog)")
     fig.suptitle("C10 forgetting vs update size: one point per (o, t) and seed", fontsize=11)
     return _save(fig, path)
 
