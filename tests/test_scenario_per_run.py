@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
 import pytest
 
+from cl_bench.cli import main
 from cl_bench.config import ConfigError, ScenarioDrawWarning, build_plan, load_config
 from cl_bench.data.scenarios import build_scenario
+from cl_bench.report import write_report
 from cl_bench.results import aggregate
 from cl_bench.runner import execute
 
@@ -51,3 +54,20 @@ def test_several_seeds_on_one_draw_of_a_redrawn_kind_warn(kind: str) -> None:
 def test_a_misspelt_per_run_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"scenario\.seed: must be an integer >= 0 or per_run"):
         build_plan(load_config([*TINY, "scenario.seed=perrun"]))
+
+
+@pytest.mark.parametrize(("draw", "scenario_seeds", "said"), [
+    ("per_run", [3, 4], "Scenario draws of naive: per-run draws: seeds [3, 4], scenario seeds [3, 4]."),
+    ("5", [5, 5], "Scenario draws of naive: one fixed draw (scenario seed 5) for seeds [3, 4]."),
+])
+def test_results_and_report_name_the_draws_of_each_aggregate(tmp_path: Path, draw: str, scenario_seeds: list[int],
+                                                              said: str) -> None:
+    out = tmp_path / "results"
+    assert main(["run", *TINY, "seeds=[3,4]", f"scenario.seed={draw}", f"output.dir={out}"]) == 0
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["draws"] == {"class_il/naive": {"seeds": [3, 4], "scenario_seeds": scenario_seeds,
+                                                  "per_run_draws": draw == "per_run"}}
+    assert sorted(r["scenario_seed"] for r in stored["runs"]) == scenario_seeds
+    assert len(set(stored["draws"]["class_il/naive"]["scenario_seeds"])) == (2 if draw == "per_run" else 1)
+    text = write_report(out, tmp_path / "report").read_text()
+    assert said in text.split("## class_il", 1)[1]  # under the setting's table
