@@ -262,7 +262,14 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
     from cl_bench.loggers import logger_config
     from cl_bench.metrics import HEADLINE
     from cl_bench.progress import Board
-    from cl_bench.results import OutputWriteError, aggregate, save_result, write_json_atomic, write_text_atomic
+    from cl_bench.results import (
+        OutputWriteError,
+        aggregate,
+        draws,
+        save_result,
+        write_json_atomic,
+        write_text_atomic,
+    )
     from cl_bench.runner import (
         RunInterrupted,
         add_intransigence,
@@ -314,7 +321,8 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
         folder = results + [r for r in folder_results(out) if r.run_id not in ours and r.status == "ok"]
         agg = aggregate(folder)
         write_json_atomic(out / "results.json",
-                          {"name": plan.name, "runs": [r.to_dict() for r in folder], "aggregate": agg})
+                          {"name": plan.name, "runs": [r.to_dict() for r in folder], "aggregate": agg,
+                           "draws": draws(folder)})
         write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plan.config))
     except OutputWriteError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)

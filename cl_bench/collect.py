@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cl_bench.results import RunResult, aggregate, load_result, save_result, write_json_atomic
+from cl_bench.results import RunResult, aggregate, draws, load_result, save_result, write_json_atomic
 
 
 class CollectError(ValueError):
@@ -34,7 +34,7 @@ def gather(folders: list[Path]) -> list[RunResult]:
 
 
 def collect(folders: list[Path], out: Path) -> Path:
-    """Write ``<out>/results.json`` (runs, aggregate), every run under ``<out>/runs`` and the first folder's
+    """Write ``<out>/results.json`` (runs, aggregate, draws), every run under ``<out>/runs`` and the first folder's
     config.yaml; returns the results file."""
     from cl_bench.runner import add_intransigence
 
@@ -45,7 +45,8 @@ def collect(folders: list[Path], out: Path) -> Path:
     names = sorted({load_name(f) for f in folders} - {""})
     path = out / "results.json"
     write_json_atomic(path, {"name": names[0] if len(names) == 1 else "+".join(names),
-                             "runs": [r.to_dict() for r in results], "aggregate": aggregate(results)})
+                             "runs": [r.to_dict() for r in results], "aggregate": aggregate(results),
+                             "draws": draws(results)})
     config = next((f / "config.yaml" for f in folders if (f / "config.yaml").is_file()), None)
     if config is not None and config.resolve() != (out / "config.yaml").resolve():  # the logger section etc.
         (out / "config.yaml").write_text(config.read_text())

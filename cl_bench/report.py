@@ -2,7 +2,8 @@
 
 From ``RESULTS_DIR/results.json`` (written by ``cl-bench run``) it writes
 ``README.md`` with the setup (scenario, model, protocol, seeds, library
-versions), a strategy x metric table per setting (mean ± std over seeds), the
+versions), a strategy x metric table per setting (mean ± std over seeds) with the
+scenario draws its spread covers (per-run draws or one fixed draw), the
 accuracy-matrix heatmaps and forgetting curves per task (PNG), and the
 guarantee-check verdicts; the figures come from ``cl_bench.figures``.
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from cl_bench.figures import forgetting_figure, matrices_figure
 from cl_bench.metrics import HEADLINE, METRICS, lower_is_better
-from cl_bench.results import RunResult, aggregate, check_id, check_rows
+from cl_bench.results import RunResult, aggregate, check_id, check_rows, draws, draws_text
 
 VERDICTS = ("pass", "fail", "n/a")
 
@@ -90,6 +91,17 @@ def metric_table(labels: list[str], stats: dict[str, dict[str, Any]], metrics: S
     return _table(["strategy", "seeds", *(f"{m} ↓" if lower_is_better(m) else m for m in metrics)], rows, True)
 
 
+def draws_lines(setting: str, labels: list[str], drawn: dict[str, dict[str, Any]]) -> list[str]:
+    """Which scenario draws the spread of each row covers (:func:`cl_bench.results.draws_text`), one line per
+    distinct answer naming its strategies."""
+    by_text: dict[str, list[str]] = defaultdict(list)
+    for lb in labels:
+        if f"{setting}/{lb}" in drawn:
+            by_text[draws_text(drawn[f"{setting}/{lb}"])].append(lb)
+    lines = [f"- Scenario draws of {', '.join(lbs)}: {text}." for text, lbs in by_text.items()]
+    return lines + [""] if lines else []
+
+
 def verdict_table(runs: dict[str, list[RunResult]]) -> str | None:
     """Per strategy: pass / fail / n/a counts of each check over seeds and (o, t) pairs, and the
     certificate (certified pairs / pairs, certified pairs whose bound was violated)."""
@@ -158,6 +170,7 @@ def _setting_section(
     labels = [lb for lb in dict.fromkeys(r.label for r in runs) if f"{setting}/{lb}" in agg]
     md = [f"## {setting}", "", "Mean ± std over seeds; ↓ = lower is better; best in bold.", ""]
     md += [metric_table(labels, {lb: agg[f"{setting}/{lb}"] for lb in labels}, metrics), ""]
+    md += draws_lines(setting, labels, draws(runs))
     undefined: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in ok:
         for k, why in r.metrics_undefined.items():

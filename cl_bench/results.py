@@ -224,6 +224,34 @@ def aggregate(results: list[RunResult]) -> dict[str, dict[str, dict[str, float |
     return out
 
 
+def draws(results: list[RunResult]) -> dict[str, dict[str, Any]]:
+    """Per ``setting/label`` of :func:`aggregate`: the training ``seeds`` of its finished runs, their
+    ``scenario_seeds`` (the scenario draw of each run, in the order of ``seeds``; None for a result that
+    predates the record) and ``per_run_draws``: whether the runs trained on more than one draw, so that
+    the aggregate's spread covers the variation over draws, not one fixed draw's."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        if r.status == "ok":
+            groups.setdefault(f"{r.setting}/{r.label}", []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for key, runs in groups.items():
+        runs = sorted(runs, key=lambda r: r.seed)
+        scenario_seeds = [r.scenario_seed for r in runs]
+        out[key] = {"seeds": [r.seed for r in runs], "scenario_seeds": scenario_seeds,
+                    "per_run_draws": len(set(scenario_seeds)) > 1}
+    return out
+
+
+def draws_text(entry: dict[str, Any]) -> str:
+    """What the spread of one aggregate is over, in words: ``per-run draws: seeds [..]`` (each training seed
+    on its own draw) or ``one fixed draw (scenario seed s) for seeds [..]``."""
+    seeds, scenario_seeds = entry["seeds"], entry["scenario_seeds"]
+    if entry["per_run_draws"]:
+        return f"per-run draws: seeds {seeds}, scenario seeds {scenario_seeds}"
+    drawn = "unrecorded" if scenario_seeds[0] is None else scenario_seeds[0]
+    return f"one fixed draw (scenario seed {drawn}) for seeds {seeds}"
+
+
 def check_rows(checks: Any) -> list[dict[str, Any]]:
     """Guarantee-check records: a list of dicts, or the ``records`` of a ``GeometryTracker.summary()``."""
     rows = checks.get("records", []) if isinstance(checks, dict) else checks or []

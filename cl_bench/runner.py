@@ -8,6 +8,7 @@ tensors, so every row of the accuracy and loss matrices costs one pass.
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -194,6 +195,34 @@ def load_scenario(spec: RunSpec, cache_dir: Path | None = None) -> Scenario:
         return build_scenario(cfg, root=root, download=bool(spec.data.get("download", False)))
 
     return ScenarioCache(cache_dir).get(cfg, root, build) if cache_dir is not None else build()
+
+
+#: scenarios a process holds, by scenario seed, then :func:`scenario_key`
+HeldScenarios = dict[int, dict[str, Scenario]]
+
+
+def draw_seed(spec: RunSpec) -> int:
+    """The seed of the run's scenario draw (with ``scenario.seed: per_run``, its training seed)."""
+    return int(spec.scenario.get("seed", 0))
+
+
+def held_scenarios(specs: list[RunSpec], held: HeldScenarios, cache_dir: Path | None = None) -> list[Scenario]:
+    """The scenarios of ``specs``, taken from ``held`` or loaded (:func:`load_scenario`) into it; first the
+    draws of other scenario seeds are dropped from ``held``, so a process holds the draws of one scenario seed
+    at a time: one per setting for a fixed ``scenario.seed``, one training seed's with ``per_run``."""
+    dropped = set(held) - {draw_seed(s) for s in specs}
+    for seed in dropped:
+        del held[seed]
+    if dropped:
+        gc.collect()  # a finished training's Trainer and module hold cycles that may still reach a dropped draw
+    out = []
+    for spec in specs:
+        draws = held.setdefault(draw_seed(spec), {})
+        key = scenario_key(spec)
+        if key not in draws:
+            draws[key] = load_scenario(spec, cache_dir)
+        out.append(draws[key])
+    return out
 
 
 def augment_of(spec: RunSpec) -> Augment | None:
@@ -803,33 +832,48 @@ def training_key(spec: RunSpec, module: ContinualModule) -> str:
 
 @dataclass
 class Prepared:
-    """The scenarios of a plan (by :func:`scenario_key`) and the :func:`training_key` of every run (by run id)."""
+    """What training needs of a checked plan: the scenarios still held (:func:`held_scenarios`: the draws of
+    the last scenario seed checked), the :func:`training_key` of every run (by run id) and the free space a
+    run needs in the output folder (the largest :func:`needed_bytes`)."""
 
-    scenarios: dict[str, Scenario]
+    scenarios: HeldScenarios
     training: dict[str, str]
+    needed_bytes: int
 
 
 def prepare(plan: Plan) -> Prepared:
-    """Load every scenario and build every module once: all errors before training."""
-    scenarios: dict[str, Scenario] = {}
+    """Load every scenario and build every module once: all errors before training. The draws are checked
+    one scenario seed at a time and dropped after (with the disk cache on, written there for the trainings)."""
+    held: HeldScenarios = {}
     training: dict[str, str] = {}
+    need = 0
+    by_draw: dict[int, list[RunSpec]] = {}
     for spec in plan.runs:
-        key = scenario_key(spec)
-        if key not in scenarios:
-            try:
-                scenarios[key] = load_scenario(spec, plan.cache_dir)
-            except DatasetError:
-                raise
-            except (ValueError, KeyError) as err:
-                raise ConfigError(f"scenario: {err}") from err
+        by_draw.setdefault(draw_seed(spec), []).append(spec)
+    for specs in by_draw.values():
         try:
-            module = build_module(spec, scenarios[key])
-            check_saved_state(module, "after construction")
-            training[spec.run_id] = training_key(spec, module)
-        except (ValueError, KeyError, UnsavedStateError) as err:
-            raise ConfigError(f"{spec.run_id}: {err}") from err
+            scenarios = held_scenarios(specs, held, plan.cache_dir)
+        except DatasetError:
+            raise
+        except (ValueError, KeyError) as err:
+            raise ConfigError(f"scenario: {err}") from err
+        for spec, scenario in zip(specs, scenarios):
+            training[spec.run_id], run_need = check_run(spec, scenario)
+            need = max(need, run_need)
+        del scenarios, scenario  # the next scenario seed's draws replace these in ``held``
     identify_data(plan)
-    return Prepared(scenarios, training)
+    return Prepared(held, training, need)
+
+
+def check_run(spec: RunSpec, scenario: Scenario) -> tuple[str, int]:
+    """The :func:`training_key` and :func:`needed_bytes` of a run, from its module built once (a
+    :class:`ConfigError` naming the run if it cannot be built or keeps state it does not save)."""
+    try:
+        module = build_module(spec, scenario)
+        check_saved_state(module, "after construction")
+        return training_key(spec, module), needed_bytes(spec, module, scenario)
+    except (ValueError, KeyError, UnsavedStateError) as err:
+        raise ConfigError(f"{spec.run_id}: {err}") from err
 
 
 def training_groups(specs: list[RunSpec], keys: dict[str, str]) -> list[list[RunSpec]]:
@@ -845,20 +889,17 @@ def checkpoint_path(output_dir: Path, spec: RunSpec) -> Path:
     return output_dir / "checkpoints" / spec.setting / spec.label / f"seed{spec.seed}.pt"
 
 
-def needed_bytes(plan: Plan, scenarios: dict[str, Scenario]) -> int:
-    """An estimate of the free space a run needs in the output folder: a checkpoint written beside
-    the previous one, 2 x (module state x (1 + k x n_tasks) with the geometry snapshots), + 1 MiB."""
-    need = 0
-    for spec in {s.label: s for s in plan.runs}.values():
-        module = build_module(spec, scenarios[scenario_key(spec)])
-        state = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-        checks = to_dataclass(ChecksConfig, spec.checks, "checks")
-        snapshots = 1 + checks.k * len(scenarios[scenario_key(spec)].tasks) if checks.enabled else 1
-        need = max(need, 2 * state * snapshots)
-    return need + (1 << 20)
+def needed_bytes(spec: RunSpec, module: ContinualModule, scenario: Scenario) -> int:
+    """An estimate of the free space the run ``spec`` (its ``module`` built) needs in the output folder: a
+    checkpoint written beside the previous one, 2 x (module state x (1 + k x n_tasks) with the geometry
+    snapshots), + 1 MiB."""
+    state = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    checks = to_dataclass(ChecksConfig, spec.checks, "checks")
+    snapshots = 1 + checks.k * len(scenario.tasks) if checks.enabled else 1
+    return 2 * state * snapshots + (1 << 20)
 
 
-def preflight(plan: Plan, scenarios: dict[str, Scenario]) -> None:
+def preflight(plan: Plan, prepared: Prepared) -> None:
     """What would otherwise fail after training started: the devices of every run, and an output
     folder that can be created, written and has room (a :class:`ConfigError` naming the fix)."""
     for spec in plan.runs:
@@ -894,7 +935,7 @@ def preflight(plan: Plan, scenarios: dict[str, Scenario]) -> None:
             os.unlink(name)
     except OSError as err:
         raise ConfigError(f"output.dir={out}: {write_fault(err)}") from err
-    free, need = shutil.disk_usage(out).free, needed_bytes(plan, scenarios)
+    free, need = shutil.disk_usage(out).free, prepared.needed_bytes
     if free < need:
         raise ConfigError(f"output.dir={out}: {free / 2**20:.1f} MiB free, a run needs about {need / 2**20:.1f} MiB; "
                           "free space or choose another output.dir")
@@ -953,7 +994,7 @@ def run_and_save(
     return results
 
 
-_WORKER_SCENARIOS: dict[str, Scenario] = {}
+_WORKER_SCENARIOS: HeldScenarios = {}
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WATCHDOG_PERIOD_S = 0.5
 
@@ -991,11 +1032,8 @@ def _init_worker(threads: int, parent: int, slots: Any, plugins: list[str], even
 
 def _worker_run(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, experiment: str,
                 cache_dir: Path | None = None) -> list[RunResult]:
-    for spec in specs:
-        key = scenario_key(spec)
-        if key not in _WORKER_SCENARIOS:
-            _WORKER_SCENARIOS[key] = load_scenario(spec, cache_dir)
-    return run_and_save(specs, [_WORKER_SCENARIOS[scenario_key(s)] for s in specs], output_dir, log_cfg, experiment)
+    scenarios = held_scenarios(specs, _WORKER_SCENARIOS, cache_dir)
+    return run_and_save(specs, scenarios, output_dir, log_cfg, experiment)
 
 
 class RunInterrupted(BaseException):
@@ -1051,8 +1089,7 @@ def execute(
     try:
         progress.emit(kind="note", text=f"loading the data and checking {len(plan.runs)} runs")
         prepared = prepare(plan)
-        scenarios = prepared.scenarios
-        preflight(plan, scenarios)
+        preflight(plan, prepared)
         log_cfg = logger_config(plan.config.get("logger"))
         lead = process_is_lead()
         todo = []
@@ -1074,6 +1111,8 @@ def execute(
         groups = training_groups(todo, keys)
         if main:
             previous = signal.signal(signal.SIGINT, _interrupt)
+        if plan.sweep.backend == "ray" or (workers > 1 and len(groups) > 1):
+            prepared.scenarios.clear()  # other processes train; they load their draws (the disk cache holds them)
         if plan.sweep.backend == "ray":
             from cl_bench.ray_backend import execute_ray
 
@@ -1082,8 +1121,8 @@ def execute(
         if workers <= 1 or len(groups) <= 1:
             for group in groups:
                 try:
-                    yield from run_and_save(group, [scenarios[scenario_key(s)] for s in group], plan.output_dir,
-                                            log_cfg, plan.name, on_task_end)
+                    yield from run_and_save(group, held_scenarios(group, prepared.scenarios, plan.cache_dir),
+                                            plan.output_dir, log_cfg, plan.name, on_task_end)
                 except RunInterrupted:
                     raise RunInterrupted(interrupted_message(plan.output_dir, group)) from None
             return

@@ -97,5 +97,5 @@ def test_data_parallel_plan_errors_before_training(tmp_path: Path, overrides: li
     plan = build_plan(load_config(["strategy=naive", "settings=[class_il]", "trainer.strategy=ddp",
                                    "trainer.devices=2", f"output.dir={tmp_path / 'out'}", *overrides]))
     with pytest.raises(ConfigError, match=message):
-        preflight(plan, prepare(plan).scenarios)
+        preflight(plan, prepare(plan))
     assert not (tmp_path / "out" / "runs").exists()
