@@ -14,7 +14,7 @@ from cl_bench.geometry.fisher import (
     dense_hessian,
     diag_fisher,
     exact_fisher_sum,
-    linear_exact_fisher,
+    linear_fisher,
     mas_importance,
 )
 from cl_bench.geometry.kfac import kfac_factors, kron_quadratic, layer_delta, linear_blocks
@@ -267,7 +267,7 @@ def test_layerwise_exact_fisher_equals_class_enumeration(head: str, classes) -> 
     net = build_model({"name": "mlp", "widths": [5, 4], "activation": "relu", "head": head}, (1, 2, 3), 6, TASKS)
     model = TaskOutputs(net.double(), 1, classes if head == "single" else TASKS[1])
     x, _ = data(n=7)
-    fast = linear_exact_fisher(model, x)
+    fast = linear_fisher(model, x)
     assert fast is not None  # every parameter is in an nn.Linear: the by-layer path is taken
     with torch.no_grad():
         p = model(x).softmax(-1)
@@ -279,6 +279,25 @@ def test_exact_fisher_outside_linear_layers_falls_back_to_enumeration() -> None:
     torch.manual_seed(4)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 3)).double()
     x, y = data(n=6)
-    assert linear_exact_fisher(model, x) is None  # LayerNorm's weight and bias are not in a Linear
+    assert linear_fisher(model, x) is None  # LayerNorm's weight and bias are not in a Linear
     torch.testing.assert_close(diag_fisher(model, batches(x, y), "exact"),
                                brute_fisher(model, x, lambda i, c, p: p[c]), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize(("head", "classes"), [("single", None), ("single", TASKS[1]), ("multi", TASKS[1])])
+def test_layerwise_one_label_fisher_equals_per_sample_gradients(head: str, classes) -> None:
+    """The by-layer sum_i w_i d_i^2 (a_i^2)^T (one backward pass) against one-sample autograd (float64)."""
+    torch.manual_seed(5)
+    net = build_model({"name": "mlp", "widths": [5, 4], "activation": "relu", "head": head}, (1, 2, 3), 6, TASKS)
+    model = TaskOutputs(net.double(), 1, classes if head == "single" else TASKS[1])
+    x, _ = data(n=7)
+    c = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    w = torch.linspace(0.2, 1.4, 7, dtype=torch.float64)
+    fast = linear_fisher(model, x, c, w)
+    assert fast is not None
+    torch.testing.assert_close(fast / len(x), brute_fisher(model, x, lambda i, k, p: float(w[i]) * float(k == c[i])),
+                               rtol=1e-10, atol=1e-13)
+    ln = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 3)).double()
+    assert linear_fisher(ln, x, c, w) is None  # outside linear layers: diag_fisher takes per-sample gradients
+    torch.testing.assert_close(diag_fisher(ln, batches(x, c), "empirical"),
+                               brute_fisher(ln, x, lambda i, k, p: float(k == c[i])), rtol=1e-10, atol=1e-13)

@@ -136,15 +136,17 @@ def diag_fisher(model: nn.Module, batches: Batches, kind: str, generator: torch.
         with torch.no_grad():
             p = model(x).softmax(-1)  # [B, K]
         if kind == "exact":  # sum_c p_c g_c^2: by layer where the network allows, else [b, K, P] gradients
-            fast = linear_exact_fisher(model, x)
+            fast = linear_fisher(model, x)
             part = fast if fast is not None else exact_fisher_sum(model, x, p)
         else:
             c = y if kind.startswith("empirical") else p.argmax(1) if kind == "argmax" \
                 else torch.multinomial(p, 1, generator=generator).squeeze(1)
             w = p.gather(1, y[:, None]).squeeze(1) if kind == "empirical_weighted" else torch.ones_like(p[:, 0])
+            fast = linear_fisher(model, x, c, w)
             size = _rows(model, 1)
-            part = sum_tensors(_weighted_squares(_sample_grads(model, xc, cc), wc)
-                       for xc, cc, wc in zip(x.split(size), c.split(size), w.split(size)))
+            part = fast if fast is not None else sum_tensors(
+                _weighted_squares(_sample_grads(model, xc, cc), wc)
+                for xc, cc, wc in zip(x.split(size), c.split(size), w.split(size)))
         total = part if total is None else total + part
         n += x.shape[0]
     if total is None:
@@ -159,15 +161,19 @@ def exact_fisher_sum(model: nn.Module, x: Tensor, p: Tensor) -> Tensor:
     return sum_tensors(_weighted_squares(_class_grads(model, xc), pc) for xc, pc in zip(x.split(size), p.split(size)))
 
 
-def linear_exact_fisher(model: nn.Module, x: Tensor) -> Tensor | None:
-    """``[P]``: the sum over the batch of the exact diagonal Fisher when every parameter of the network
+def linear_fisher(model: nn.Module, x: Tensor, labels: Tensor | None = None,
+                  weights: Tensor | None = None) -> Tensor | None:
+    """``[P]``: the sum over the batch of a diagonal Fisher, by layer, when every parameter of the network
     is the weight or bias of an ``nn.Linear`` applied once per forward to ``[B, in]`` inputs; None
-    otherwise (the caller then uses :func:`exact_fisher_sum`).
+    otherwise (the caller then uses per-sample gradients). Without ``labels`` the exact Fisher; with
+    ``labels`` c_i and ``weights`` w_i [B] the Fisher of one label per sample, sum_i w_i g_i^2 with
+    g_i = d log p(c_i|x_i) / d theta (argmax, sampled, empirical and empirical_weighted).
 
-    For a linear layer z = W a + b with input a_i and d_ic = d log p(c|x_i) / d z (one backward pass
-    per class c of sum_i log p(c|x_i): samples do not interact in eval mode), the per-sample gradient
-    is d_ic a_i^T, so sum_i sum_c p_ic (d log p_ic / d W)^2 = sum_i (sum_c p_ic d_ic^2) (a_i^2)^T and
-    the bias term is sum_i sum_c p_ic d_ic^2: K backward passes of the batch, no [B, K, P] tensor.
+    For a linear layer z = W a + b with input a_i and d_ic = d log p(c|x_i) / d z (samples do not
+    interact in eval mode, so one backward pass of sum_i log p(c_i|x_i) gives every d_i), the per-sample
+    gradient is d_ic a_i^T, so sum_i sum_c p_ic (d log p_ic / d W)^2 = sum_i (sum_c p_ic d_ic^2) (a_i^2)^T
+    (K backward passes of the batch) and sum_i w_i g_i^2 = sum_i w_i d_i^2 (a_i^2)^T (one backward pass);
+    the bias terms drop the a_i^2; no [B, P] or [B, K, P] tensor is formed.
     """
     names = list(detached(model))
     layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -196,12 +202,19 @@ def linear_exact_fisher(model: nn.Module, x: Tensor) -> Tensor | None:
         return None  # a layer called twice, on [B, ..., in] inputs, or outside the graph
     zs = [outputs[n][0] for n in used]
     p = logp.detach().exp()
-    weighted = {n: torch.zeros_like(z) for n, z in zip(used, zs)}  # sum_c p_ic d_ic^2, [B, out]
-    for c in range(logp.shape[1]):
-        grads = torch.autograd.grad(logp[:, c].sum(), zs, retain_graph=c < logp.shape[1] - 1, allow_unused=True)
+    weighted = {n: torch.zeros_like(z) for n, z in zip(used, zs)}  # the weighted d^2 of each layer, [B, out]
+    if labels is None:
+        for c in range(logp.shape[1]):
+            grads = torch.autograd.grad(logp[:, c].sum(), zs, retain_graph=c < logp.shape[1] - 1, allow_unused=True)
+            for n, d in zip(used, grads):
+                if d is not None:
+                    weighted[n] += p[:, c:c + 1] * d.detach().square()
+    else:
+        w = torch.ones_like(p[:, 0]) if weights is None else weights
+        grads = torch.autograd.grad(logp.gather(1, labels[:, None]).sum(), zs, allow_unused=True)
         for n, d in zip(used, grads):
             if d is not None:
-                weighted[n] += p[:, c:c + 1] * d.detach().square()
+                weighted[n] += w[:, None] * d.detach().square()
     parts = []
     for name in names:
         layer, kind = owner[name]
