@@ -12,6 +12,8 @@ from typing import Any
 #: exit codes: 1 a run failed or a regression, 2 unusable input (config, data, baseline, output folder), 130 Ctrl-C
 EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 RESUME_HINT = "re-run the same command to resume"
+#: where `cl-bench reproduce` writes: every row; with --only, the selected rows (the full report is kept)
+REPRODUCTION_REPORT, PARTIAL_REPRODUCTION_REPORT = "reports/reproduction.md", "reports/reproduction_only.md"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--only", action="append", metavar="NAME[/LABEL]",
                      help="limit to an experiment or one of its labels (repeatable)")
     rep.add_argument("--runs-dir", default="results", help="runs go to RUNS_DIR/<experiment> (default: %(default)s)")
-    rep.add_argument("--out", default="reports/reproduction.md", help="the Markdown file (default: %(default)s)")
+    rep.add_argument("--out", help=f"the Markdown file (default: {REPRODUCTION_REPORT}; with --only "
+                                   f"{PARTIAL_REPRODUCTION_REPORT}, so that the full report is kept)")
     rep.add_argument("--no-train", action="store_true", help="only collect finished runs; list the rest as not run")
     rep.add_argument("--workers", type=int, help="parallel processes (default: the config's sweep.workers)")
     return p
@@ -637,7 +640,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     command = " ".join(["cl-bench reproduce", f"--runs-dir {args.runs_dir}", *(f"--only {o}" for o in args.only or []),
                         *(["--no-train"] if args.no_train else [])])
-    out = Path(args.out)
+    out = Path(args.out or (PARTIAL_REPRODUCTION_REPORT if args.only else REPRODUCTION_REPORT))
     write_text_atomic(out, render(rows, entries, spec_path, Path(args.runs_dir), command, stale))
     off = [r for r in rows if r.values and r.verdict.startswith("off, NOT EXPLAINED")]
     print(f"reproduction: {out} ({sum(bool(r.values) for r in rows)}/{len(rows)} rows with runs, "

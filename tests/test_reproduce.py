@@ -135,3 +135,17 @@ def test_the_shipped_spec_names_runnable_published_protocols() -> None:
     for name, entry in spec["experiments"].items():  # every label exists in its experiment config, >= 5 seeds
         plan = plan_of(name, entry, Path("/nonexistent"), spec["min_seeds"])
         assert {s.label for s in plan.runs} == set(entry["published"])
+
+
+def test_only_without_out_keeps_the_full_report(tmp_path, monkeypatch) -> None:
+    """``--only`` selects some rows; without ``--out`` they go to their own file, the full report stays."""
+    monkeypatch.chdir(tmp_path)
+    full = tmp_path / "reports" / "reproduction.md"
+    full.parent.mkdir()
+    full.write_text("# the full report\n")
+    spec = spec_file(tmp_path, {"naive": {"task_il": 99.0}})
+    assert main(["reproduce", "--spec", str(spec), "--runs-dir", str(tmp_path / "runs"), "--only", "digits/naive",
+                 "--no-train"]) == 0
+    assert full.read_text() == "# the full report\n"
+    partial = (tmp_path / "reports" / "reproduction_only.md").read_text()
+    assert "--only digits/naive" in partial and "digits / naive / task_il (published 99.00)" in partial
