@@ -987,7 +987,7 @@ def run_and_save(
     if not lead:
         return results
     for spec, result, ckpt in zip(specs, results, ckpts):
-        if spec.data.get("files"):
+        if spec.data.get("files") or spec.scenario.get("kind") == "avalanche":  # read from the data root
             result.data_root = str(resolve_root(spec.data.get("root")))
         save_result(result, result_path(output_dir, spec))
         cast(Path, ckpt).unlink(missing_ok=True)

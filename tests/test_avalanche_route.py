@@ -13,7 +13,7 @@ import torch
 
 from cl_bench.config import ConfigError, build_plan, load_config
 from cl_bench.data.cache import cacheable
-from cl_bench.runner import execute, load_scenario
+from cl_bench.runner import execute, identify_run, load_scenario
 
 REAL_MNIST = Path(os.environ.get("CL_BENCH_DATA") or "/nonexistent")  # the folder holding MNIST/raw
 needs_mnist = pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file(),
@@ -117,6 +117,16 @@ def test_a_short_run_records_the_benchmark(direct, tmp_path, scenario_cache) -> 
     assert source["classes"] == [sorted(e.classes_in_this_experience) for e in direct.train_stream]
     assert source["n_train"] == [len(e.dataset) for e in direct.train_stream]
     assert source["image"] == [1, 28, 28] and source["avalanche"]
+    # the digest of the data the run used: that of a fresh build of its scenario, another for another subset
+    from cl_bench.data.avalanche_benchmarks import data_digest
+
+    assert source["sha256"] == data_digest(load_scenario(plan.runs[0]))
+    other = plan_of("scenario.train_subsample=200", "scenario.test_subsample=100", "scenario.seed=1").runs[0]
+    identify_run(other)
+    assert other.data["source"]["sha256"] != source["sha256"]
+    assert other.data["source"]["sha256"] == data_digest(load_scenario(other))
+    assert other.config_hash() != plan.runs[0].config_hash()
+    assert result.data_root == str(REAL_MNIST.resolve())
     assert result.task_sizes == {"train": [200] * 5, "test": [100] * 5}
     assert result.config["scenario"]["benchmark"] == "SplitMNIST"
     assert set(scenario_cache.rglob("*")) == cached  # an Avalanche scenario is not put in the disk cache

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import inspect
 import json
 import os
@@ -234,13 +235,44 @@ def build_benchmark_scenario(cfg: Mapping[str, Any], root: str | os.PathLike | N
             task.x_train, task.y_train = task.x_train[keep], task.y_train[keep]
     if not spec.normalize:
         scenario = dataclasses.replace(scenario, mean=(), std=())
+    _DIGESTS[_digest_key(spec, root)] = data_digest(scenario)
     return scenario
+
+
+#: the :func:`data_digest` of every scenario this process built, by :func:`_digest_key`
+_DIGESTS: dict[str, str] = {}
+
+
+def data_digest(scenario: Scenario) -> str:
+    """sha256 (16 hex digits) of every task's images and labels (train, validation, test), in task order:
+    what identifies the data an Avalanche benchmark gave (its files are its loaders' own, not cl-bench's)."""
+    sha = hashlib.sha256()
+    for task in scenario.tasks:
+        for tensor in (task.x_train, task.y_train, task.x_val, task.y_val, task.x_test, task.y_test):
+            if tensor is not None:
+                sha.update(tensor.contiguous().cpu().numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
+def _digest_key(spec: BenchmarkConfig, root: str | os.PathLike | None) -> str:
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k != "augment"}
+    return json.dumps({**fields, "root": str(resolve_root(root))}, sort_keys=True, default=str)
+
+
+def benchmark_digest(cfg: Mapping[str, Any], root: str | os.PathLike | None = None, download: bool = False) -> str:
+    """The :func:`data_digest` of the scenario of a ``kind: avalanche`` config, from the build of this
+    process (built here when there was none)."""
+    key = _digest_key(parse_benchmark_cfg(cfg), root)
+    if key not in _DIGESTS:
+        build_benchmark_scenario(cfg, root, download)
+    return _DIGESTS[key]
 
 
 def describe_benchmark(cfg: Mapping[str, Any], root: str | os.PathLike | None = None,
                        download: bool = False) -> dict[str, Any]:
-    """What a run records about an Avalanche benchmark: its name, arguments, Avalanche's version, and per
-    experience its task label, classes, sizes and the shape of one image as the benchmark gives it."""
+    """What a run records about an Avalanche benchmark: its name, arguments, Avalanche's version, per
+    experience its task label, classes, sizes and the shape of one image as the benchmark gives it, and the
+    digest of the data the run uses (:func:`benchmark_digest`)."""
     from importlib.metadata import version
 
     spec = parse_benchmark_cfg(cfg)
@@ -253,4 +285,5 @@ def describe_benchmark(cfg: Mapping[str, Any], root: str | os.PathLike | None = 
         "classes": [sorted(int(c) for c in e.classes_in_this_experience) for e in train],
         "n_train": [len(e.dataset) for e in train], "n_test": [len(e.dataset) for e in test],
         "image": list(cast(Tensor, image_tensor(first)).shape),
+        "sha256": benchmark_digest(cfg, root, download),
     }
