@@ -260,12 +260,17 @@ def test_argmax_fisher_uses_the_predicted_label() -> None:
     assert not torch.allclose(got, diag_fisher(model, batches(x, y), "empirical"))
 
 
+def deep_mlp_on_task_1(head: str, classes, seed: int) -> nn.Module:
+    """A float64 ReLU MLP 6-5-4-6 (single head, or one head per task) seen through task 1's outputs."""
+    torch.manual_seed(seed)
+    net = build_model({"name": "mlp", "widths": [5, 4], "activation": "relu", "head": head}, (1, 2, 3), 6, TASKS)
+    return TaskOutputs(net.double(), 1, classes if head == "single" else TASKS[1])
+
+
 @pytest.mark.parametrize(("head", "classes"), [("single", None), ("single", TASKS[1]), ("multi", TASKS[1])])
 def test_layerwise_exact_fisher_equals_class_enumeration(head: str, classes) -> None:
     """The by-layer form sum_i (sum_c p_ic d_ic^2)(a_i^2)^T against one-sample-one-class autograd (float64)."""
-    torch.manual_seed(3)
-    net = build_model({"name": "mlp", "widths": [5, 4], "activation": "relu", "head": head}, (1, 2, 3), 6, TASKS)
-    model = TaskOutputs(net.double(), 1, classes if head == "single" else TASKS[1])
+    model = deep_mlp_on_task_1(head, classes, seed=3)
     x, _ = data(n=7)
     fast = linear_fisher(model, x)
     assert fast is not None  # every parameter is in an nn.Linear: the by-layer path is taken
@@ -287,9 +292,7 @@ def test_exact_fisher_outside_linear_layers_falls_back_to_enumeration() -> None:
 @pytest.mark.parametrize(("head", "classes"), [("single", None), ("single", TASKS[1]), ("multi", TASKS[1])])
 def test_layerwise_one_label_fisher_equals_per_sample_gradients(head: str, classes) -> None:
     """The by-layer sum_i w_i d_i^2 (a_i^2)^T (one backward pass) against one-sample autograd (float64)."""
-    torch.manual_seed(5)
-    net = build_model({"name": "mlp", "widths": [5, 4], "activation": "relu", "head": head}, (1, 2, 3), 6, TASKS)
-    model = TaskOutputs(net.double(), 1, classes if head == "single" else TASKS[1])
+    model = deep_mlp_on_task_1(head, classes, seed=5)
     x, _ = data(n=7)
     c = torch.tensor([0, 2, 1, 1, 0, 2, 2])
     w = torch.linspace(0.2, 1.4, 7, dtype=torch.float64)

@@ -36,12 +36,10 @@ from typing import Any, cast
 
 from torch import Tensor
 
-from cl_bench.seeds import generator
-
 from .avalanche_interop import experience_task_labels, scenario_from_avalanche
 from .batching import Augment
-from .scenarios import _VALIDATION, SCENARIO_KEYS, _augment, _err, _int
-from .sources import DATA_ENV, DatasetNotFoundError, resolve_root, stratified_split
+from .scenarios import SCENARIO_KEYS, _augment, _err, _flag, _int, _val_fraction, validation_split
+from .sources import DATA_ENV, DatasetNotFoundError, resolve_root
 from .task import SETTINGS, Scenario, Setting
 
 KIND = "avalanche"
@@ -118,18 +116,14 @@ def parse_benchmark_cfg(cfg: Mapping[str, Any]) -> BenchmarkConfig:
         raise _err("benchmark_args", f"{err} (the arguments of {name}{signature})") from err
     if isinstance(cfg.get("seed"), str):
         raise _err("seed", f"must be an integer >= 0 or per_run (a draw per training seed), got {cfg['seed']!r}")
-    val_fraction = cfg.get("val_fraction", 0.0) or 0.0
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
-        raise _err("val_fraction", f"must be a number in [0, 1), got {val_fraction!r}")
-    normalize = cfg.get("normalize", True)
-    if not isinstance(normalize, bool):
-        raise _err("normalize", f"must be true or false, got {normalize!r}")
+    val_fraction = _val_fraction(cfg)
+    normalize = _flag(cfg, "normalize", True)
     n_tasks = _int(cfg, "n_tasks", None, 1)
     assert n_tasks is not None  # required above
     return BenchmarkConfig(
         name=str(cfg.get("name") or f"{KIND}-{name}"), setting=setting, n_tasks=n_tasks, benchmark=name,
         args=dict(args), seed=_int(cfg, "seed", 0, 0), train_subsample=_int(cfg, "train_subsample", None, 1),
-        test_subsample=_int(cfg, "test_subsample", None, 1), val_fraction=float(val_fraction),
+        test_subsample=_int(cfg, "test_subsample", None, 1), val_fraction=val_fraction,
         normalize=normalize, augment=_augment(cfg),
     )
 
@@ -227,10 +221,7 @@ def build_benchmark_scenario(cfg: Mapping[str, Any], root: str | os.PathLike | N
                                        test_subsample=spec.test_subsample, seed=spec.seed)
     if spec.val_fraction > 0:
         for task in scenario.tasks:
-            n_val = max(1, round(spec.val_fraction * task.n_train))
-            if n_val >= task.n_train:
-                raise _err("val_fraction", f"{spec.val_fraction} leaves no training data in task {task.id}")
-            val, keep = stratified_split(task.y_train, n_val, generator(spec.seed, _VALIDATION, task.id))
+            val, keep = validation_split(task.y_train, spec.val_fraction, spec.seed, task.id)
             task.x_val, task.y_val = task.x_train[val], task.y_train[val]
             task.x_train, task.y_train = task.x_train[keep], task.y_train[keep]
     if not spec.normalize:

@@ -130,6 +130,31 @@ def _augment(cfg: Mapping[str, Any]) -> Augment | None:
     return Augment(padding=padding, flip=flip)
 
 
+def _val_fraction(cfg: Mapping[str, Any]) -> float:
+    """``scenario.val_fraction``: a number in [0, 1) (default 0: no validation split)."""
+    value = cfg.get("val_fraction", 0.0) or 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise _err("val_fraction", f"must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _flag(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+    """``scenario.<key>``: true or false."""
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise _err(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def validation_split(y_train: Tensor, fraction: float, seed: int, task: int) -> tuple[Tensor, Tensor]:
+    """(validation indices, kept training indices) of a task: a class-stratified ``fraction`` of its
+    training samples, drawn with the scenario seed (an error when nothing would be left to train on)."""
+    n_val = max(1, round(fraction * y_train.numel()))
+    if n_val >= y_train.numel():
+        raise _err("val_fraction", f"{fraction} leaves no training data in task {task}")
+    return stratified_split(y_train, n_val, generator(seed, _VALIDATION, task))
+
+
 def parse_scenario_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig | BenchmarkConfig:
     """Validate a scenario config (no data is loaded); errors name the key. ``kind: avalanche``:
     :func:`cl_bench.data.avalanche_benchmarks.parse_benchmark_cfg`."""
@@ -187,17 +212,11 @@ def _parse_dataset_cfg(cfg: Mapping[str, Any]) -> ScenarioConfig:
         raise _err("angle_range", f"must be [lo, hi] degrees with lo <= hi, got {list(angle_range)}")
     if kind != "rotated" and cfg.get("angle_range") is not None:
         raise _err("angle_range", f"applies only to kind=rotated, not kind={kind}")
-    val_fraction = cfg.get("val_fraction", 0.0) or 0.0
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
-        raise _err("val_fraction", f"must be a number in [0, 1), got {val_fraction!r}")
-    first_identity = cfg.get("first_identity", False)
-    if not isinstance(first_identity, bool):
-        raise _err("first_identity", f"must be true or false, got {first_identity!r}")
+    val_fraction = _val_fraction(cfg)
+    first_identity = _flag(cfg, "first_identity", False)
     if first_identity and kind != "permuted":
         raise _err("first_identity", f"applies only to kind=permuted, not kind={kind}")
-    normalize = cfg.get("normalize", True)
-    if not isinstance(normalize, bool):
-        raise _err("normalize", f"must be true or false, got {normalize!r}")
+    normalize = _flag(cfg, "normalize", True)
     interpolation = cfg.get("interpolation") or "bilinear"
     if interpolation not in INTERPOLATIONS:
         raise _err("interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
@@ -294,10 +313,7 @@ def _task(spec: ScenarioConfig, src: Source, t: int, transform: Callable[[Tensor
     x_test, y_test = _take(src.x_test, test_idx, False), _take(src.y_test, test_idx, True)
     x_val = y_val = None
     if spec.val_fraction > 0:
-        n_val = max(1, round(spec.val_fraction * y_train.numel()))
-        if n_val >= y_train.numel():
-            raise _err("val_fraction", f"{spec.val_fraction} leaves no training data in task {t}")
-        val_idx, keep = stratified_split(y_train, n_val, generator(spec.seed, _VALIDATION, t))
+        val_idx, keep = validation_split(y_train, spec.val_fraction, spec.seed, t)
         x_val, y_val, x_train, y_train = x_train[val_idx], y_train[val_idx], x_train[keep], y_train[keep]
 
     x_train, x_test = transform(x_train), transform(x_test)
