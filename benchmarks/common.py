@@ -32,6 +32,25 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
+def mlp_matmul_flops(widths: list[int], n_train: int, n_eval: int) -> float:
+    """Multiply-add FLOPs of the matrix products of training an MLP (``widths`` = input, hidden..., output) on
+    ``n_train`` samples and evaluating it on ``n_eval``: forward 2 * in * out per layer and sample; backward
+    the weight gradient of every layer and the input gradient of all but the first (its input needs none)."""
+    layers = list(zip(widths[:-1], widths[1:]))
+    forward = sum(2 * a * b for a, b in layers)
+    backward = forward + sum(2 * a * b for a, b in layers[1:])
+    return float(n_train * (forward + backward) + n_eval * forward)
+
+
+def gemm_rate(size: int = 2048, repeats: int = 5) -> float:
+    """The best float32 matrix-product rate (FLOP/s) of this process's threads: an n x n product, best of
+    ``repeats``; no implementation of a GEMM-bound protocol can run its products faster."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = min(timed(lambda: a @ b, 1)[0] for _ in range(repeats))
+    return 2 * size**3 / best
+
+
 @torch.no_grad()
 def accuracy_row(model: nn.Module, scenario: Scenario, device: str, batch_size: int = 1024) -> list[float]:
     model.eval()

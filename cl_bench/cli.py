@@ -228,7 +228,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from cl_bench.config import ConfigError, build_plan, load_config
+    from cl_bench.config import ConfigError, build_plan, load_config, pool_requested
+    from cl_bench.workers import start_worker_server
+
+    if not args.dry_run and pool_requested(args.overrides, args.config):
+        start_worker_server()  # its imports run beside this process's own
+
     from cl_bench.loggers import logger_config
     from cl_bench.wandb_sweep import apply_grid, check_agent_plan
 
@@ -268,9 +273,8 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
     from cl_bench.results import (
         OutputWriteError,
         aggregate,
-        draws,
         save_result,
-        write_json_atomic,
+        write_results_file,
         write_text_atomic,
     )
     from cl_bench.runner import (
@@ -323,9 +327,7 @@ def _execute(plan: Any, console: Any, resume: bool) -> int:
         ours = {r.run_id for r in results}
         folder = results + [r for r in folder_results(out) if r.run_id not in ours and r.status == "ok"]
         agg = aggregate(folder)
-        write_json_atomic(out / "results.json",
-                          {"name": plan.name, "runs": [r.to_dict() for r in folder], "aggregate": agg,
-                           "draws": draws(folder)})
+        write_results_file(out / "results.json", plan.name, folder, agg)
         write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plan.config))
     except OutputWriteError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cl_bench.results import RunResult, aggregate, draws, load_result, save_result, write_json_atomic
+from cl_bench.results import RunResult, load_result, save_result, write_results_file
 
 
 class CollectError(ValueError):
@@ -44,9 +44,7 @@ def collect(folders: list[Path], out: Path) -> Path:
         save_result(r, out / "runs" / r.setting / r.label / f"seed{r.seed}.json")
     names = sorted({load_name(f) for f in folders} - {""})
     path = out / "results.json"
-    write_json_atomic(path, {"name": names[0] if len(names) == 1 else "+".join(names),
-                             "runs": [r.to_dict() for r in results], "aggregate": aggregate(results),
-                             "draws": draws(results)})
+    write_results_file(path, names[0] if len(names) == 1 else "+".join(names), results)
     config = next((f / "config.yaml" for f in folders if (f / "config.yaml").is_file()), None)
     if config is not None and config.resolve() != (out / "config.yaml").resolve():  # the logger section etc.
         (out / "config.yaml").write_text(config.read_text())

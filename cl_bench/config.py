@@ -319,16 +319,34 @@ def _parse_overrides(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
         raise ConfigError(f"cannot parse overrides: {err}") from err
 
 
-def load_config(overrides: list[str] | None = None, config_file: str | None = None) -> DictConfig:
-    """Compose the experiment configuration (no validation beyond group names)."""
-    selections, fields = _parse_overrides(list(overrides or []))
-    cfg = load_yaml(CONFIG_DIR / "default.yaml", "defaults")
-    experiment = selections.pop("experiment", None)
-    layers: list[Any] = []
+def _file_layers(selections: DictConfig, config_file: str | None) -> list[Any]:
+    """default.yaml, then the selected experiment's file, then ``config_file``: the layers under the overrides."""
+    layers: list[Any] = [load_yaml(CONFIG_DIR / "default.yaml", "defaults")]
+    experiment = selections.get("experiment")
     if experiment:
         layers.append(load_yaml(_group_file("experiment", str(experiment)), "experiment"))
     if config_file:
         layers.append(load_yaml(config_file, "--config"))
+    return layers
+
+
+def pool_requested(overrides: list[str] | None = None, config_file: str | None = None) -> bool:
+    """Whether the experiment asks for a process pool (``sweep.workers`` > 1, not Ray), read from its layers
+    alone, before any strategy is imported; False where they do not parse (:func:`load_config` says why)."""
+    try:
+        selections, fields = _parse_overrides(list(overrides or []))
+        sweeps = [layer.get("sweep") or {} for layer in _file_layers(selections, config_file)]
+        sweep = cast(DictConfig, OmegaConf.merge(*sweeps, fields.get("sweep") or {}))
+        return int(sweep.get("workers", 1)) > 1 and sweep.get("backend", "local") != "ray"
+    except (ConfigError, OmegaConfBaseException, TypeError, ValueError):
+        return False
+
+
+def load_config(overrides: list[str] | None = None, config_file: str | None = None) -> DictConfig:
+    """Compose the experiment configuration (no validation beyond group names)."""
+    selections, fields = _parse_overrides(list(overrides or []))
+    cfg, *layers = _file_layers(selections, config_file)
+    selections.pop("experiment", None)
     for layer in (*layers, selections):
         # a group replaced by a new name or mapping must not be merged into the old one
         for key in (*GROUPS, "strategy"):

@@ -7,7 +7,6 @@ tensors, so every row of the accuracy and loss matrices costs one pass.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import logging
@@ -24,7 +23,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Sized, cast
 
@@ -59,6 +57,7 @@ from cl_bench.results import (
 )
 from cl_bench.seeds import derive_seed
 from cl_bench.state import UnsavedStateError, check_saved_state
+from cl_bench.workers import adopt_environment, die_with, worker_context
 
 #: called after each task with (spec, task index, module); tests use it to interrupt a run. The module is
 #: None for a run trained in another process (sweep.backend=ray: reported from the run's checkpoints)
@@ -995,34 +994,18 @@ def run_and_save(
 
 
 _WORKER_SCENARIOS: HeldScenarios = {}
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-WATCHDOG_PERIOD_S = 0.5
 
 
-def _die_with_parent(parent: int) -> None:
-    """End this worker when process ``parent`` ends: the kernel's parent-death signal (Linux), and a
-    thread that polls the parent id (every platform; it changes when the parent is gone)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(WATCHDOG_PERIOD_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
-def _init_worker(threads: int, parent: int, slots: Any, plugins: list[str], events: Any = None) -> None:
-    """A pool worker: dies with ``parent``, leaves Ctrl-C to it (the parent ends the pool), uses ``threads``,
-    takes the next slot of ``slots`` (a queue of 0 .. workers - 1): its own GPU (:func:`worker_gpus`),
-    imports the parent's plug-in modules (their strategies, models and datasets registered here too) and
-    sends its progress events to the queue ``events`` (when given)."""
+def _init_worker(threads: int, owner: int, env: dict[str, str], slots: Any, plugins: list[str],
+                 events: Any = None) -> None:
+    """A pool worker: dies with ``owner`` (the pool's process) and takes its environment ``env``, leaves
+    Ctrl-C to it (the owner ends the pool), uses ``threads``, takes the next slot of ``slots`` (a queue of
+    0 .. workers - 1): its own GPU (:func:`worker_gpus`), imports the owner's plug-in modules (their
+    strategies, models and datasets registered here too) and sends its progress events to the queue
+    ``events`` (when given)."""
     global _ASSIGNED_GPUS
-    _die_with_parent(parent)
+    die_with(owner)
+    adopt_environment(env)
     import_plugins(plugins)
     progress.set_sink(progress.queue_sink(events) if events is not None else None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1138,7 +1121,7 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
     """The trainings of ``groups`` in a pool of ``workers`` processes, results as they finish (the workers'
     progress events through a queue to ``on_progress``)."""
     threads = max(1, torch.get_num_threads() // workers)
-    context = get_context("spawn")
+    context = worker_context()
     slots = context.Queue()
     for slot in range(workers):
         slots.put(slot)
@@ -1148,7 +1131,7 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
         drain.start()
     progress.emit(kind="note", text=f"starting {workers} worker processes for {len(groups)} trainings")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(threads, os.getpid(), slots, plugin_modules(), events))
+                               initargs=(threads, os.getpid(), dict(os.environ), slots, plugin_modules(), events))
     futures: dict[Future, list[RunSpec]] = {}
     try:
         futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name, plan.cache_dir): group

@@ -126,11 +126,12 @@ def test_the_shipped_spec_names_runnable_published_protocols() -> None:
     spec = load_spec(DEFAULT_SPEC)
     assert spec["tolerance"] == 3.0 and spec["min_seeds"] >= 5
     rows = sum(len(v) for e in spec["experiments"].values() for v in e["published"].values())
-    assert rows == 47  # DER Table 2: 38; continual-learning-baselines MNIST: 5; DER R-MNIST SGD: 1; Hsu et al.: 3
+    assert rows == 48  # DER Table 2: 38; continual-learning-baselines MNIST: 5; DER R-MNIST SGD: 1; Hsu et al.: 4
     # DER Table 2 values, spot-checked against the paper (docs/protocols.md)
     assert spec["experiments"]["der_smnist_replay"]["published"]["derpp_500"] == {"class_il": 91.00, "task_il": 98.94}
     assert spec["experiments"]["der_pmnist_local"]["published"]["oewc"] == {"domain_il": 75.79}
     assert spec["experiments"]["clb_pmnist_agem"]["published"]["agem"] == {"domain_il": 81.0}
+    assert spec["experiments"]["hsu_smnist_class"]["published"]["rehearsal_1100"] == {"class_il": 90.78}
     assert {e.get("metric") for n, e in spec["experiments"].items() if n.startswith("clb_")} == {"acc_sample_weighted"}
     for name, entry in spec["experiments"].items():  # every label exists in its experiment config, >= 5 seeds
         plan = plan_of(name, entry, Path("/nonexistent"), spec["min_seeds"])

@@ -46,10 +46,11 @@ def _linthresh(values: np.ndarray) -> float:
     return float(max(np.percentile(nz, 10), 1e-6)) if nz.size else 1.0
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path, tight: bool = True) -> Path:
+    """Write ``fig`` as PNG; ``tight`` trims it to its artists (one more draw, for figures without fixed margins)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120, bbox_inches="tight" if tight else None)
     return path
 
 
@@ -111,7 +112,11 @@ def plot_forgetting_vs_update_size(results: list[RunResult], path: str | Path) -
     n = max(len(by_class), 1)
     cols = min(n, PANELS_PER_ROW)
     rows = -(-n // cols)
-    fig = Figure(figsize=(3.8 * cols, 3.4 * rows), layout="constrained")
+    width, height = 3.8 * cols, 3.4 * rows
+    fig = Figure(figsize=(width, height))
+    # fixed margins in inches: a layout engine would measure every tick label of every panel, twice
+    fig.subplots_adjust(left=0.85 / width, right=1 - 0.1 / width, bottom=0.55 / height, top=1 - 0.75 / height,
+                        wspace=0.06, hspace=0.5)
     axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -139,6 +144,6 @@ def plot_forgetting_vs_update_size(results: list[RunResult], path: str | Path) -
         ax.legend(fontsize=8, loc="upper left")
     for ax in axes[::cols]:
         ax.set_ylabel(r"loss forgetting $E$ (nats, symlog)")
-    fig.suptitle("C10 forgetting vs update size: one point per (o, t) and seed", fontsize=11)
-    return _save(fig, path)
+    fig.suptitle("C10 forgetting vs update size: one point per (o, t) and seed", fontsize=11, y=1 - 0.2 / height)
+    return _save(fig, path, tight=False)
 
