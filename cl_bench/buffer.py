@@ -173,27 +173,11 @@ class Buffer(nn.Module):
         self._set_counts(self.n_seen + b, new_size)
 
     def _write(self, slot: Tensor, keep: Tensor, rows: tuple[Tensor | None, ...]) -> None:
-        """Rows with ``keep`` go to their (distinct) ``slot``, without reading ``keep`` on the host.
-
-        B <= K: the r-th row not kept goes to the r-th slot no kept row writes and rewrites it
-        with its own content, so the B targets are distinct. B > K: each slot gathers the row
-        written to it, if any (O(K) rows either way)."""
-        k, b = self.capacity, keep.numel()
-        match = (slot[None, :] == torch.arange(k, device=slot.device)[:, None]) & keep[None, :]  # [K, B]
+        """Rows with ``keep`` go to their (distinct) ``slot``: :func:`write_indexed` on the CPU, where reading
+        ``keep`` costs nothing; :func:`write_sync_free` elsewhere. Both store the same."""
         stores = (self.x, self.y, self.t, self.logits)
-        if b <= k:
-            untouched = torch.argsort(match.any(1).to(torch.uint8), stable=True)  # unwritten slots first
-            dst = torch.where(keep, slot, untouched[(torch.cumsum(~keep, 0) - 1).clamp(min=0)])
-            for store, new in zip(stores, rows):
-                if new is not None:
-                    kept = keep.view(-1, *[1] * (new.dim() - 1))
-                    store[dst] = torch.where(kept, new.to(store.dtype), store[dst])
-            return
-        src = torch.where(match, torch.arange(b, device=slot.device), -1).amax(1)  # [K] row written, -1: none
-        for store, new in zip(stores, rows):
-            if new is not None:
-                has = (src >= 0).view(-1, *[1] * (new.dim() - 1))
-                store.copy_(torch.where(has, new[src.clamp(min=0)].to(store.dtype), store))
+        writer = write_indexed if host_reads_are_free(slot.device) else write_sync_free
+        writer(stores, slot, keep, rows)
 
     def assign(self, x: Tensor, y: Tensor, t: Tensor, logits: Tensor | None = None) -> None:
         """Replace the whole content by the given examples (iCaRL's exemplar sets)."""
@@ -278,3 +262,39 @@ class Buffer(nn.Module):
         idx = torch.arange(self.size, device=self.y.device)
         return BufferSample(self.x[: self.size], self.y[: self.size], self.t[: self.size],
                             self.logits[: self.size], idx)
+
+
+def host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a tensor's value on the host costs nothing: on the CPU there is no device to wait for."""
+    return device.type == "cpu"
+
+
+def write_indexed(stores: tuple[Tensor, ...], slot: Tensor, keep: Tensor, rows: tuple[Tensor | None, ...]) -> None:
+    """The kept rows of ``rows`` to their (distinct) ``slot`` of each store, by index (reads ``keep`` on the host)."""
+    kept = keep.nonzero().squeeze(1)
+    for store, new in zip(stores, rows):
+        if new is not None:
+            store[slot[kept]] = new[kept].to(store.dtype)
+
+
+def write_sync_free(stores: tuple[Tensor, ...], slot: Tensor, keep: Tensor, rows: tuple[Tensor | None, ...]) -> None:
+    """What :func:`write_indexed` stores, without reading ``keep`` on the host (no device sync).
+
+    B <= K: the r-th row not kept goes to the r-th slot no kept row writes and rewrites it with its
+    own content, so the B targets are distinct. B > K: each slot gathers the row written to it, if
+    any (O(K) rows either way)."""
+    k, b = stores[0].shape[0], keep.numel()  # the capacity, the batch
+    match = (slot[None, :] == torch.arange(k, device=slot.device)[:, None]) & keep[None, :]  # [K, B]
+    if b <= k:
+        untouched = torch.argsort(match.any(1).to(torch.uint8), stable=True)  # unwritten slots first
+        dst = torch.where(keep, slot, untouched[(torch.cumsum(~keep, 0) - 1).clamp(min=0)])
+        for store, new in zip(stores, rows):
+            if new is not None:
+                kept = keep.view(-1, *[1] * (new.dim() - 1))
+                store[dst] = torch.where(kept, new.to(store.dtype), store[dst])
+        return
+    src = torch.where(match, torch.arange(b, device=slot.device), -1).amax(1)  # [K] row written, -1: none
+    for store, new in zip(stores, rows):
+        if new is not None:
+            has = (src >= 0).view(-1, *[1] * (new.dim() - 1))
+            store.copy_(torch.where(has, new[src.clamp(min=0)].to(store.dtype), store))

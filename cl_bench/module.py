@@ -28,7 +28,7 @@ Order of events of a run::
                         keep_terms               # each term's value (terms) and epoch sum (term_sums), on the device
                         observe(step)            # after the loss: add the batch to a buffer
                         check_finite(loss)       # kept on the device; raised at the epoch's end
-                        backward
+                        backward                 # through Lightning only when a backward hook listens
                         transform_gradients()    # surgery, masks, projections
                         clip_gradients_()        # trainer.gradient_clip_val (norm | value), after the transform
                         optimizer.step()
@@ -63,6 +63,7 @@ from typing import Any, ClassVar, cast
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
 from cl_bench.compiled import CompiledStep, NotCompilable, why_not_compiled
@@ -71,6 +72,9 @@ from cl_bench.layout import network_parameters
 from cl_bench.state import resize_buffers
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Lightning's hooks around backward; a step skips Lightning's wrapper only when neither is overridden
+#: (:meth:`ContinualModule.direct_backward`)
+BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
 log = logging.getLogger(__name__)
 
 
@@ -215,6 +219,7 @@ class ContinualModule(L.LightningModule):
         self.step_graph: CompiledStep | None = None
         self._compile_refused = False
         self.fit_steps = 0  # optimiser steps of the current fit
+        self._direct_backward = False  # set per fit by on_fit_start
         self.on_train_epoch_start()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -356,7 +361,10 @@ class ContinualModule(L.LightningModule):
         """Loss, backward, gradient transform, optimiser step and update correction, op by op."""
         loss = self.step_loss(step)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        if self._direct_backward:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
         self.transform_gradients()
         self.clip_gradients_()
         params = self.guarded_parameters()
@@ -452,10 +460,24 @@ class ContinualModule(L.LightningModule):
                 self.log(f"train/{name}_task{self.current_task}", v, on_step=True, on_epoch=False)
 
     def on_fit_start(self) -> None:
-        """The callbacks that run before every optimiser step (:class:`StepCallback`)."""
+        """The callbacks that run before every optimiser step (:class:`StepCallback`), and whether backward
+        may skip Lightning's wrapper (:meth:`direct_backward`)."""
         callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
         self._step_callbacks = [cb for cb in callbacks if isinstance(cb, StepCallback)]
+        self._direct_backward = self.direct_backward()
         self.fit_steps = 0
+
+    def direct_backward(self) -> bool:
+        """Whether a step may call ``loss.backward()`` instead of Lightning's ``manual_backward``: one process,
+        full precision and no callback or module that overrides ``on_before_backward`` or
+        ``on_after_backward``. The wrapper then adds nothing but its dispatch (two hook calls a step): the
+        same arithmetic without it. The optimiser step stays Lightning's, which counts ``global_step``."""
+        trainer = self.trainer
+        if trainer.world_size > 1 or str(trainer.precision) not in ("32-true", "64-true", "32", "64"):
+            return False
+        listeners = [self, *trainer.callbacks]  # type: ignore[attr-defined]
+        return not any(is_overridden(hook, obj, L.LightningModule if obj is self else L.Callback)
+                       for hook in BACKWARD_HOOKS for obj in listeners)
 
     def on_train_epoch_start(self) -> None:
         self.epoch_step = 0

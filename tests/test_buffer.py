@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from cl_bench.buffer import Buffer, herding, rank_within_groups, water_fill
+from cl_bench.buffer import Buffer, herding, rank_within_groups, water_fill, write_sync_free
 
 
 def stream(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,6 +46,31 @@ def test_batched_reservoir_equals_sequential_algorithm_r(batch):
     assert torch.equal(buf.y, expected)
     assert torch.equal(buf.x[:, 0], expected.float()) and torch.equal(buf.x[:, 1], -expected.float())
     assert buf.size == capacity and buf.n_seen == n
+
+
+class SyncFreeBuffer(Buffer):
+    """The accelerator's writer (no host read of which rows are kept), here on the CPU."""
+
+    def _write(self, slot, keep, rows):
+        write_sync_free((self.x, self.y, self.t, self.logits), slot, keep, rows)
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
+@pytest.mark.parametrize("batch", [1, 7, 64])  # 64 > capacity: several rows of a batch map to one slot
+def test_the_cpu_and_the_sync_free_writers_store_the_same(policy, batch):
+    capacity, n = 10, 300
+    x, _, t = stream(n)
+    y = torch.arange(n) % 6
+    logits = torch.randn(n, 6, generator=torch.Generator().manual_seed(0))
+    bufs = [cls(capacity, (2,), n_logits=6, policy=policy, n_groups=6) for cls in (Buffer, SyncFreeBuffer)]
+    gens = [torch.Generator().manual_seed(5) for _ in bufs]
+    for sl in torch.arange(n).split(batch):
+        for buf, g in zip(bufs, gens):
+            buf.add(x[sl], y[sl], t[sl], logits=logits[sl], generator=g)
+        a, b = bufs
+        assert a.size == b.size and all(torch.equal(u, v) for u, v in zip((a.x, a.y, a.t, a.logits),
+                                                                          (b.x, b.y, b.t, b.logits)))
+    assert bufs[0].size == capacity
 
 
 class StaleIndexBuffer(Buffer):

@@ -9,7 +9,9 @@ import pytest
 
 from cl_bench.config import ConfigError, TrainerConfig, build_plan, load_config
 from cl_bench.data.batching import Chunks
+from cl_bench.registry import _REGISTRY, register, strategy_names
 from cl_bench.runner import load_scenario, run_one
+from strategies.local import EWC
 
 FAST = ["scenario.n_tasks=3", "trainer.epochs=2", "trainer.train_loss_probe=100", "trainer.num_threads=1",
         "sweep.workers=1", "checks.probe_size=100", "checks.which=[C0,C2,C5]"]
@@ -64,3 +66,28 @@ def test_steps_per_call_auto_is_one_step_per_call_when_loggers_record_every_step
 def test_a_bad_steps_per_call_is_one_config_error(bad: str) -> None:
     with pytest.raises(ConfigError, match="steps_per_call"):
         build_plan(load_config([f"trainer.steps_per_call={bad}"]))
+
+
+class HookedEWC(EWC):
+    """EWC with Lightning's backward hook overridden: its backward goes through Lightning's wrapper."""
+
+    backwards = 0
+
+    def on_after_backward(self) -> None:
+        HookedEWC.backwards += 1
+
+
+def test_a_backward_that_skips_lightning_wrapper_is_the_same_arithmetic(tmp_path: Path) -> None:
+    """Without a backward-hook listener a step calls loss.backward() directly; with one (a module that
+    overrides on_after_backward) it goes through Lightning, which calls the hook every step; same results."""
+    strategy_names()
+    saved = dict(_REGISTRY)
+    try:
+        register("test_hooked_ewc")(HookedEWC)
+        direct = result_with(tmp_path / "direct", "ewc", 16, "checks.enabled=false")
+        hooked = result_with(tmp_path / "hooked", "test_hooked_ewc", 16, "checks.enabled=false")
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(saved)
+    assert HookedEWC.backwards == sum(hooked.steps) > 0
+    assert hooked.acc == direct.acc and hooked.loss == direct.loss and hooked.train_loss == direct.train_loss

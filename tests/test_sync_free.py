@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from cl_bench import buffer
 from cl_bench.buffer import Buffer
 from cl_bench.config import build_plan, load_config
 from cl_bench.data import Scenario
@@ -75,8 +76,10 @@ class HostRead(AssertionError):
 @contextmanager
 def no_host_read(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Inside the block the Python-level ways a tensor's value reaches the host raise (item, tolist,
-    bool/int/float conversion, nonzero, unique): on a GPU each would wait for the device."""
+    bool/int/float conversion, nonzero, unique): on a GPU each would wait for the device. The code takes
+    its accelerator paths (on the CPU, where host reads are free, the buffer writes by index)."""
     with monkeypatch.context() as m:
+        m.setattr(buffer, "host_reads_are_free", lambda device: False)
         def refuse(*args, **kwargs):
             raise HostRead("host read of a tensor value")
 
