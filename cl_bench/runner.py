@@ -57,7 +57,7 @@ from cl_bench.results import (
 )
 from cl_bench.seeds import derive_seed
 from cl_bench.state import UnsavedStateError, check_saved_state
-from cl_bench.workers import adopt_environment, die_with, worker_context
+from cl_bench.workers import adopt_environment, die_with, owner_streams, worker_context
 
 #: called after each task with (spec, task index, module); tests use it to interrupt a run. The module is
 #: None for a run trained in another process (sweep.backend=ray: reported from the run's checkpoints)
@@ -996,9 +996,10 @@ def run_and_save(
 _WORKER_SCENARIOS: HeldScenarios = {}
 
 
-def _init_worker(threads: int, owner: int, env: dict[str, str], slots: Any, plugins: list[str],
+def _init_worker(threads: int, owner: int, env: dict[str, str], streams: Any, slots: Any, plugins: list[str],
                  events: Any = None) -> None:
-    """A pool worker: dies with ``owner`` (the pool's process) and takes its environment ``env``, leaves
+    """A pool worker: dies with ``owner`` (the pool's process) and takes its environment ``env`` and its
+    standard ``streams`` (:func:`cl_bench.workers.owner_streams`; None: inherited), leaves
     Ctrl-C to it (the owner ends the pool), uses ``threads``, takes the next slot of ``slots`` (a queue of
     0 .. workers - 1): its own GPU (:func:`worker_gpus`), imports the owner's plug-in modules (their
     strategies, models and datasets registered here too) and sends its progress events to the queue
@@ -1006,6 +1007,8 @@ def _init_worker(threads: int, owner: int, env: dict[str, str], slots: Any, plug
     global _ASSIGNED_GPUS
     die_with(owner)
     adopt_environment(env)
+    if streams is not None:
+        streams.adopt()
     import_plugins(plugins)
     progress.set_sink(progress.queue_sink(events) if events is not None else None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1131,7 +1134,8 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
         drain.start()
     progress.emit(kind="note", text=f"starting {workers} worker processes for {len(groups)} trainings")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(threads, os.getpid(), dict(os.environ), slots, plugin_modules(), events))
+                               initargs=(threads, os.getpid(), dict(os.environ), owner_streams(context), slots,
+                                         plugin_modules(), events))
     futures: dict[Future, list[RunSpec]] = {}
     try:
         futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name, plan.cache_dir): group

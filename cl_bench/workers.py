@@ -4,8 +4,9 @@ Workers are forked from a fork server that has imported :data:`WORKER_MODULES` o
 starts in milliseconds instead of importing torch and Lightning again (several seconds each).
 ``cl-bench run`` starts the server before it composes its own imports, so the two import side by
 side; otherwise it starts with the first pool. Where there is no fork server (Windows) workers are
-spawned. A forked worker has the server's environment, so it takes the pool owner's
-(:func:`adopt_environment`), and it ends with the pool owner (:func:`die_with`).
+spawned. A forked worker has the server's environment and standard streams (those of when the
+server started), so it takes the pool owner's (:func:`adopt_environment`, :class:`OwnerStreams`),
+and it ends with the pool owner (:func:`die_with`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from multiprocessing.context import BaseContext
+from typing import Any
 
 #: what every worker imports before it trains; the fork server imports them once
 WORKER_MODULES = ["cl_bench.runner", "cl_bench.geometry", "strategies"]
@@ -40,6 +42,35 @@ def start_worker_server() -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+
+class OwnerStreams:
+    """The pool owner's stdout and stderr, sent to a forked worker with its start-up arguments: when they
+    are pickled for the worker, the two descriptors travel with them (``multiprocessing.reduction.DupFd``)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, Any]]:
+        from multiprocessing import reduction
+
+        return _Streams, (reduction.DupFd(1), reduction.DupFd(2))
+
+
+class _Streams:
+    """In the worker: the owner's two descriptors, put in place of its own stdout and stderr by :meth:`adopt`."""
+
+    def __init__(self, out: Any, err: Any) -> None:
+        self.out, self.err = out.detach(), err.detach()
+
+    def adopt(self) -> None:
+        for stream, fd, target in ((sys.stdout, self.out, 1), (sys.stderr, self.err, 2)):
+            stream.flush()
+            os.dup2(fd, target)
+            os.close(fd)
+
+
+def owner_streams(context: BaseContext) -> OwnerStreams | None:
+    """What a worker of ``context`` needs to write where this process writes: forked workers need the
+    streams; spawned ones inherit them."""
+    return OwnerStreams() if context.get_start_method() == "forkserver" else None
 
 
 def adopt_environment(env: dict[str, str]) -> None:

@@ -1,5 +1,6 @@
 """Pool workers come from a fork server that imported torch and Lightning once: they still run in the
-pool owner's directory and environment, and `cl-bench run` starts the server only for a pool."""
+pool owner's directory and environment and write to its stderr, and `cl-bench run` starts the server
+only for a pool."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 
 from cl_bench.config import pool_requested
 from cl_bench.runner import _init_worker
-from cl_bench.workers import start_worker_server, worker_context
+from cl_bench.workers import owner_streams, start_worker_server, worker_context
 
 MARK = "CL_BENCH_WORKER_MARK"
 
 
-def test_a_worker_has_the_owner_directory_and_environment_not_the_server_one(tmp_path: Path,
+def test_a_worker_has_the_owner_directory_environment_and_stderr_not_the_server_ones(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     start_worker_server()  # as `cl-bench run` does, before the directory and the environment below exist
     monkeypatch.chdir(tmp_path)
@@ -25,11 +26,12 @@ def test_a_worker_has_the_owner_directory_and_environment_not_the_server_one(tmp
     assert context.get_start_method() == "forkserver"
     slots = context.Queue()
     slots.put(0)
-    init = (1, os.getpid(), dict(os.environ), slots, [], None)
+    init = (1, os.getpid(), dict(os.environ), owner_streams(context), slots, [], None)
     with ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker, initargs=init) as pool:
         assert pool.submit(os.getcwd).result() == str(tmp_path)
         assert pool.submit(os.getenv, MARK).result() == "set after the server started"
         assert pool.submit(os.getppid).result() != os.getpid()  # forked by the server, not by this process
+        assert pool.submit(os.fstat, 2).result().st_ino == os.fstat(2).st_ino  # this process's stderr
     with ProcessPoolExecutor(1, mp_context=context) as bare:  # what a forked worker has without the initializer
         assert bare.submit(os.getenv, MARK).result() is None
 
