@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 
 import torch
 
@@ -125,7 +126,7 @@ def main() -> None:
         # the floor of any float32 implementation: the protocol's matrix products at the machine's best GEMM rate
         n_train = sum(len(t.y_train) for t in scenario.tasks) * EPOCHS
         n_eval = sum(t.n_test for t in scenario.tasks) * (len(scenario.tasks) + 1)  # the b row and one row per task
-        widths = [int(torch.tensor(scenario.input_shape).prod()), *MODEL["widths"], scenario.n_outputs]
+        widths = [math.prod(scenario.input_shape), *MODEL["widths"], scenario.n_outputs]
         flops, rate = mlp_matmul_flops(widths, n_train, n_eval), gemm_rate()
         floor = flops / rate
         print(f"matrix products: {flops / 1e9:.1f} GFLOP; best float32 GEMM rate here {rate / 1e9:.1f} GFLOP/s; "

@@ -473,7 +473,7 @@ class ContinualModule(L.LightningModule):
         ``on_after_backward``. The wrapper then adds nothing but its dispatch (two hook calls a step): the
         same arithmetic without it. The optimiser step stays Lightning's, which counts ``global_step``."""
         trainer = self.trainer
-        if trainer.world_size > 1 or str(trainer.precision) not in ("32-true", "64-true", "32", "64"):
+        if trainer.world_size > 1 or str(trainer.precision) not in ("32-true", "64-true"):
             return False
         listeners = [self, *trainer.callbacks]  # type: ignore[attr-defined]
         return not any(is_overridden(hook, obj, L.LightningModule if obj is self else L.Callback)

@@ -2,8 +2,8 @@
 
 Workers are forked from a fork server that has imported :data:`WORKER_MODULES` once, so a worker
 starts in milliseconds instead of importing torch and Lightning again (several seconds each).
-``cl-bench run`` starts the server before it composes its own imports, so the two import side by
-side; otherwise it starts with the first pool. Where there is no fork server (Windows) workers are
+``cl-bench run`` starts the server before its own heavy imports, so the two import side by side;
+otherwise the server starts with the first pool. Where there is no fork server (Windows) workers are
 spawned. A forked worker has the server's environment and standard streams (those of when the
 server started), so it takes the pool owner's (:func:`adopt_environment`, :class:`OwnerStreams`),
 and it ends with the pool owner (:func:`die_with`).

@@ -5,7 +5,9 @@ only for a pool."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,21 +21,36 @@ MARK = "CL_BENCH_WORKER_MARK"
 
 def test_a_worker_has_the_owner_directory_environment_and_stderr_not_the_server_ones(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    start_worker_server()  # as `cl-bench run` does, before the directory and the environment below exist
+    start_worker_server()  # as `cl-bench run` does, before the directory, environment and stderr below exist
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(MARK, "set after the server started")
     context = worker_context()
     assert context.get_start_method() == "forkserver"
-    slots = context.Queue()
-    slots.put(0)
-    init = (1, os.getpid(), dict(os.environ), owner_streams(context), slots, [], None)
-    with ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker, initargs=init) as pool:
-        assert pool.submit(os.getcwd).result() == str(tmp_path)
-        assert pool.submit(os.getenv, MARK).result() == "set after the server started"
-        assert pool.submit(os.getppid).result() != os.getpid()  # forked by the server, not by this process
-        assert pool.submit(os.fstat, 2).result().st_ino == os.fstat(2).st_ino  # this process's stderr
-    with ProcessPoolExecutor(1, mp_context=context) as bare:  # what a forked worker has without the initializer
-        assert bare.submit(os.getenv, MARK).result() is None
+    with open(tmp_path / "stderr", "wb") as err, own_stderr(err.fileno()):
+        new_err = os.fstat(2).st_ino
+        slots = context.Queue()
+        slots.put(0)
+        init = (1, os.getpid(), dict(os.environ), owner_streams(context), slots, [], None)
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker, initargs=init) as pool:
+            assert pool.submit(os.getcwd).result() == str(tmp_path)
+            assert pool.submit(os.getenv, MARK).result() == "set after the server started"
+            assert pool.submit(os.getppid).result() != os.getpid()  # forked by the server, not by this process
+            assert pool.submit(os.fstat, 2).result().st_ino == new_err  # this process's stderr of now
+        with ProcessPoolExecutor(1, mp_context=context) as bare:  # a forked worker without the initializer
+            assert bare.submit(os.getenv, MARK).result() is None
+            assert bare.submit(os.fstat, 2).result().st_ino != new_err
+
+
+@contextmanager
+def own_stderr(fd: int) -> Iterator[None]:
+    """This process's file descriptor 2 points at ``fd`` inside the block."""
+    saved = os.dup(2)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @pytest.mark.parametrize(("overrides", "pool"), [
