@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cl_bench.geometry.fisher import (
+    SymmetricGram,
     TaskOutputs,
     dense_curvature,
     dense_ggn,
@@ -157,6 +158,21 @@ def test_dense_ggn_is_jt_h_j_and_its_diagonal_is_the_exact_fisher() -> None:
         want = want + jac.T @ (torch.diag(p) - torch.outer(p, p)) @ jac
     torch.testing.assert_close(ggn, want / len(x), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(torch.diagonal(ggn), diag_fisher(model, batches(x, y), "exact"), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("dim", "blocks"), [(23, 8), (5, 8), (1, 8), (12, 1)])
+def test_symmetric_gram_equals_the_full_products_and_is_exactly_symmetric(dim: int, blocks: int) -> None:
+    gen = torch.Generator().manual_seed(dim)
+    gram, want = SymmetricGram(dim, blocks), torch.zeros(dim, dim, dtype=torch.float64)
+    for rows in (4, 9):
+        a = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
+        c = torch.randn(rows, rows, generator=gen, dtype=torch.float64)
+        b = (c + c.T) @ a  # a^T b = a^T (c + c^T) a is symmetric
+        gram.add(a, b)
+        want += a.T @ b
+    got = gram.total()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(got, got.T)
 
 
 def test_second_order_taylor_is_exact_for_a_quadratic_loss() -> None:
