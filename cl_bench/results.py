@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import platform
@@ -164,7 +165,12 @@ def load_result(path: str | Path) -> RunResult:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on."""
+    """Versions of the libraries a result depends on (read once per process: the metadata lookups take ms)."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}

@@ -79,7 +79,7 @@ def quiet_lightning() -> None:
 def resolve_device(cfg: TrainerConfig) -> str:
     """The device the Trainer of ``cfg`` trains on (its root device: ``cuda:<i>`` for ``devices=[i]``,
     or ``cpu``); the module, its batches, the evaluator and the checks all live there."""
-    return str(_probe_trainer(cfg).strategy.root_device)
+    return _probe(cfg)[0]
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,21 @@ def trainer_ranks(cfg: TrainerConfig) -> Ranks:
     """The ranks of the Trainers of ``cfg`` as Lightning resolves them: ``strategy=ddp`` with ``devices=N`` on
     ``num_nodes`` machines is N x num_nodes processes, this one's rank read from the environment that
     Lightning's launcher gives each process it starts (``LOCAL_RANK``, ``NODE_RANK``); else 0 of 1."""
-    trainer = _probe_trainer(cfg)
-    return Ranks(trainer.global_rank, trainer.world_size)
+    return _probe(cfg)[1]
+
+
+_PROBES: dict[tuple[str, ...], tuple[str, Ranks]] = {}
+
+
+def _probe(cfg: TrainerConfig) -> tuple[str, Ranks]:
+    """The root device and the ranks of a Trainer of ``cfg``, memoised per process on its device settings and
+    the environment (every run asks, and building a Trainer takes about 10 ms)."""
+    key = (cfg.accelerator, repr(cfg.devices), repr(cfg.strategy), repr(cfg.num_nodes),
+           repr(sorted(os.environ.items())))
+    if key not in _PROBES:
+        trainer = _probe_trainer(cfg)
+        _PROBES[key] = (str(trainer.strategy.root_device), Ranks(trainer.global_rank, trainer.world_size))
+    return _PROBES[key]
 
 
 def process_is_lead() -> bool:
