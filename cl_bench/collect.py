@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cl_bench.results import RunResult, load_result, save_result, write_results_file
+from cl_bench.results import RunResult, load_result, result_files, save_result, write_results_file
 
 
 class CollectError(ValueError):
@@ -21,7 +21,7 @@ def gather(folders: list[Path]) -> list[RunResult]:
     """Every run result under ``<folder>/runs`` of every folder, in folder order, one per run id."""
     runs: dict[str, tuple[RunResult, Path]] = {}
     for folder in folders:
-        paths = sorted((folder / "runs").glob("*/*/seed*.json"))
+        paths = result_files(folder)
         if not paths:
             raise CollectError(f"{folder}: no run results under {folder / 'runs'} (is it a cl-bench output folder?)")
         for path in paths:

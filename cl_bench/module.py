@@ -25,7 +25,7 @@ Order of events of a run::
                         task_loss(step)          # the current batch's term; fills step.logits
                         replay_loss(step)        # stored examples or a stored model (0 by default)
                         penalty()                # a function of the parameters only (0 by default)
-                        keep_terms               # each term's value (terms) and epoch sum (term_sums), on the device
+                        keep_terms               # each term's value of the step (terms), on the device
                         observe(step)            # after the loss: add the batch to a buffer
                         check_finite(loss)       # kept on the device; raised at the epoch's end
                         backward                 # through Lightning only when a backward hook listens
@@ -185,7 +185,6 @@ class ContinualModule(L.LightningModule):
     _bad_loss: Tensor  # [] that loss
     epoch_step: int  # optimiser steps taken in the current epoch
     terms: dict[str, Tensor]  # the last step's task_loss / replay_loss / penalty (detached, on the device)
-    term_sums: dict[str, Tensor]  # their sums over the epoch's steps
     #: gradient clipping of every step (trainer.gradient_clip_val / gradient_clip_algorithm); None: off
     gradient_clip_val: float | None = None
     gradient_clip_algorithm: str = "norm"
@@ -438,8 +437,8 @@ class ContinualModule(L.LightningModule):
         self._compile_refused, self.step_graph = True, None
 
     def keep_terms(self, terms: Mapping[str, Tensor | None]) -> None:
-        """Each term's value at this step (``terms``) and its sum over the epoch's steps (``term_sums``),
-        detached, on the device; a term that is None at a step adds nothing."""
+        """Each term's value at this step (``terms``), detached, on the device; a term that is None at a step
+        is left out."""
         self.terms = {}
         for name, v in terms.items():
             if v is not None:
@@ -448,9 +447,7 @@ class ContinualModule(L.LightningModule):
     def add_term(self, name: str, value: Tensor) -> None:
         """One more named quantity of this step, kept like the loss terms (e.g. the share of the gradient a
         projection removed, recorded from ``transform_gradients``)."""
-        v = value.detach()
-        self.terms[name] = v
-        self.term_sums[name] = self.term_sums[name] + v if name in self.term_sums else v
+        self.terms[name] = value.detach()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """After the optimiser step: every kept term of the step to the loggers, ``train/<term>_task<t>``
@@ -484,7 +481,6 @@ class ContinualModule(L.LightningModule):
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_loss = torch.zeros((), device=self.device)
         self.terms = {}
-        self.term_sums = {}
 
     def on_train_epoch_end(self) -> None:
         self.report_non_finite()

@@ -152,6 +152,11 @@ def save_result(result: RunResult, path: str | Path) -> None:
     write_json_atomic(path, result.to_dict(), indent=None)
 
 
+def result_files(folder: Path) -> list[Path]:
+    """The run result files of an output folder, ``<folder>/runs/<setting>/<label>/seed<k>.json``, sorted."""
+    return sorted((folder / "runs").glob("*/*/seed*.json"))
+
+
 def load_result(path: str | Path) -> RunResult:
     """The result stored at ``path`` by :func:`save_result`; a damaged file is a ``ValueError`` naming it."""
     try:

@@ -52,6 +52,7 @@ from cl_bench.results import (
     device_info,
     library_versions,
     load_result,
+    result_files,
     save_result,
     write_fault,
 )
@@ -761,7 +762,7 @@ def finished(path: Path, spec: RunSpec) -> RunResult | None:
 def folder_results(output_dir: Path) -> list[RunResult]:
     """Every readable run result under ``<output_dir>/runs`` (the runs of every experiment run into the folder)."""
     out = []
-    for path in sorted((output_dir / "runs").glob("*/*/seed*.json")):
+    for path in result_files(output_dir):
         try:
             out.append(load_result(path))
         except (ValueError, OSError):

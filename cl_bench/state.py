@@ -27,7 +27,7 @@ from typing import Any
 from torch import Tensor, nn
 
 #: attributes of every ContinualModule that are per-step bookkeeping, rebuilt at each epoch's start
-BOOKKEEPING = ("_bad_step", "_bad_loss", "terms", "term_sums")
+BOOKKEEPING = ("_bad_step", "_bad_loss", "terms")
 
 
 class UnsavedStateError(RuntimeError):

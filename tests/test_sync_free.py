@@ -150,18 +150,15 @@ def module_input(task, scenario: Scenario) -> Tensor:
     return to_float(task.x_train[:32], _norm_stats(scenario.mean, scenario.std, "cpu"))
 
 
-def test_each_term_is_kept_per_step_and_summed_over_the_epoch_on_the_device(monkeypatch) -> None:
+def test_each_term_is_kept_per_step_on_the_device(monkeypatch) -> None:
     module, scenario = build("derpp")
     task0, task1 = scenario.tasks[:2]
     module.before_task(task0)
     module.step_loss(Step(module_input(task0, scenario), task0.y_train[:32], torch.zeros(32, dtype=torch.long)))
     assert set(module.terms) == {"task_loss"}  # empty buffer: no replay term; DER++ has no penalty
-    first = module.terms["task_loss"]
     module.before_task(task1)
     batch = (module_input(task1, scenario), task1.y_train[:32], torch.ones(32, dtype=torch.long))
     with no_host_read(monkeypatch):
         loss = module.step_loss(Step(*batch))
     assert set(module.terms) == {"task_loss", "replay_loss"} and not module.terms["replay_loss"].requires_grad
     assert torch.equal(loss.detach(), module.terms["task_loss"] + module.terms["replay_loss"])
-    assert torch.equal(module.term_sums["task_loss"], first + module.terms["task_loss"])
-    assert torch.equal(module.term_sums["replay_loss"], module.terms["replay_loss"])
