@@ -28,7 +28,7 @@ Order of events of a run::
                         keep_terms               # each term's value of the step (terms), on the device
                         observe(step)            # after the loss: add the batch to a buffer
                         check_finite(loss)       # kept on the device; raised at the epoch's end
-                        backward                 # through Lightning only when a backward hook listens
+                        backward                 # Lightning's manual_backward only for hooks, DDP, mixed precision
                         transform_gradients()    # surgery, masks, projections
                         clip_gradients_()        # trainer.gradient_clip_val (norm | value), after the transform
                         optimizer.step()
