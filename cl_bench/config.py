@@ -158,13 +158,18 @@ class DataConfig:
 @dataclass
 class OutputConfig:
     """The experiment's output folder (results.json, runs/, checkpoints/);
-    null: ``results/<name>-<hash>`` (:func:`default_output_dir`)."""
+    null: ``results/<name>-<hash>`` (:func:`default_output_dir`). ``checkpoint_every_s``: a run writes
+    its checkpoint after a task once at least this many seconds of its work are unsaved (0: after every
+    task); an interrupted run loses at most that much, and shorter runs write none."""
 
     dir: str | None = None
+    checkpoint_every_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.dir is not None and not str(self.dir).strip():
             raise ValueError(EMPTY_OUTPUT_DIR)
+        if not self.checkpoint_every_s >= 0:
+            raise ValueError(f"checkpoint_every_s must be >= 0 seconds, got {self.checkpoint_every_s}")
 
 
 EMPTY_OUTPUT_DIR = "dir is empty: name the output folder (e.g. output.dir=results/my_experiment) or leave it unset"
@@ -263,6 +268,7 @@ class Plan:
     workers: int = 1
     sweep: SweepConfig = field(default_factory=SweepConfig)
     cache_dir: Path | None = None  # where built scenarios are cached; None: not cached
+    checkpoint_every_s: float = 0.0  # OutputConfig.checkpoint_every_s
 
 
 # ----------------------------------------------------------------- loading
@@ -555,7 +561,7 @@ def build_plan(cfg: DictConfig) -> Plan:
 
     cache = cache_folder(sweep.cache_dir) if sweep.scenario_cache else None
     return Plan(name=name, output_dir=out, runs=runs, config=cfg, workers=sweep.workers, sweep=sweep,
-                cache_dir=cache)
+                cache_dir=cache, checkpoint_every_s=output.checkpoint_every_s)
 
 
 def run_scenario(scenario: dict[str, Any], setting: str, seed: int) -> dict[str, Any]:

@@ -75,9 +75,11 @@ def queue_sink(events: Any, node: str) -> progress.Sink:
 
 
 def train_on_worker(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, experiment: str,
-                    env: dict[str, str], threads: int, events: Any = None) -> tuple[list[RunResult], dict[str, Any]]:
+                    env: dict[str, str], threads: int, events: Any = None,
+                    checkpoint_every_s: float = 0.0) -> tuple[list[RunResult], dict[str, Any]]:
     """One Ray task: the runs of ``specs`` on this worker's share of the node (its CPUs as torch threads,
-    Ray's GPUs as the runs' devices), resumed from their checkpoints, their progress events on the Ray queue
+    Ray's GPUs as the runs' devices), resumed from their checkpoints (written after a task once
+    ``checkpoint_every_s`` seconds of work are unsaved), their progress events on the Ray queue
     ``events`` (when given); returns the results and where they ran (node id, process id, tasks each run
     found already done)."""
     import ray
@@ -91,7 +93,8 @@ def train_on_worker(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfi
              "resumed_after": {s.run_id: runner.tasks_done(output_dir, s) for s in specs}}
     progress.set_sink(queue_sink(events, node[:NODE_CHARS]) if events is not None else None)
     try:
-        return runner._worker_run(specs, output_dir, log_cfg, experiment), where
+        return runner._worker_run(specs, output_dir, log_cfg, experiment,
+                                  checkpoint_every_s=checkpoint_every_s), where
     finally:
         progress.set_sink(None)  # Ray reuses the worker process for other tasks
 
@@ -141,7 +144,7 @@ def execute_ray(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig,
             threads = max(1, int(res["num_cpus"]))
             ref = task.options(**res, max_retries=cfg.max_retries, retry_exceptions=False,
                                name=f"cl-bench {group[-1].run_id}").remote(group, out, log_cfg, plan.name, env,
-                                                                           threads, events)
+                                                                           threads, events, plan.checkpoint_every_s)
             pending[ref] = group
         shown = {spec.run_id: runner.tasks_done(out, spec) for group in groups for spec in group}
         while pending:

@@ -383,6 +383,7 @@ class RunState:
     checkpoint: Path | None = None
     saved: dict[str, Any] | None = None  # the checkpoint it resumed from
     ranks: Ranks = Ranks()
+    saved_at: float = field(default_factory=time.perf_counter)  # when its work was last saved (or opened)
 
     @property
     def done(self) -> int:
@@ -611,9 +612,10 @@ def skipped_row(run: RunState) -> Evaluation:
     return Evaluation([None] * n, [None] * n, [None] * n if probes else [])  # type: ignore[list-item]
 
 
-def save_progress(run: RunState) -> None:
-    """Checkpoint after a task (not after the last one: the result file replaces it)."""
-    if run.checkpoint is None or run.done >= len(run.schedule):
+def save_progress(run: RunState, every_s: float = 0.0) -> None:
+    """Checkpoint after a task once ``every_s`` seconds of work are unsaved (not after the last task: the
+    result file replaces it)."""
+    if run.checkpoint is None or run.done >= len(run.schedule) or time.perf_counter() - run.saved_at < every_s:
         return
     run.result.timings["elapsed"] = time.perf_counter() - run.start
     save_checkpoint(
@@ -623,6 +625,7 @@ def save_progress(run: RunState) -> None:
          "rng": rng_state(), "tracker": run.tracker.state_dict() if run.tracker is not None else None,
          "logger": run.run_logger.state() if run.run_logger is not None else None},
     )
+    run.saved_at = time.perf_counter()
 
 
 def finish(run: RunState, group: list[RunState]) -> RunResult:
@@ -647,12 +650,14 @@ def run_group(
     run_loggers: list[RunLogger | None] | None = None,
     on_task_end: TaskCallback | None = None,
     checkpoints: list[Path | None] | None = None,
+    checkpoint_every_s: float = 0.0,
 ) -> list[RunResult]:
     """Train once for runs of one :func:`training_key` and evaluate that training in each of them.
 
     After every task each run records its row (evaluated in its own setting, with its own
     checks), all from the random state the training left, the last run last: each run gets the
     result it would get alone. A run whose checkpoint is ahead of the others' skips the rows it has.
+    Checkpoints are written after a task once ``checkpoint_every_s`` seconds of work are unsaved.
     """
     runs = start_group(specs, scenarios, run_loggers or [None] * len(specs), checkpoints or [None] * len(specs))
     module = runs[-1].module
@@ -676,7 +681,7 @@ def run_group(
                 if samples:
                     record_ranks(run, steps, samples)
                 record_row(run, task, steps)
-                save_progress(run)
+                save_progress(run, checkpoint_every_s)
             module.select_setting(shared)
             share_lead_state(runs)
             progress.emit(kind="task_end", runs=ids, task=i)
@@ -980,8 +985,10 @@ def run_and_save(
     log_cfg: LoggerConfig | None = None,
     experiment: str = "",
     on_task_end: TaskCallback | None = None,
+    checkpoint_every_s: float = 0.0,
 ) -> list[RunResult]:
-    """The runs of one training (:func:`run_group`) with per-task checkpoints and their loggers (a
+    """The runs of one training (:func:`run_group`) with per-task checkpoints (``checkpoint_every_s``:
+    :class:`~cl_bench.config.OutputConfig`) and their loggers (a
     RunLogger without loggers still carries the logger config: logger.confusion); each result file
     replaces its checkpoint when done. Data-parallel, only rank 0 logs and writes."""
     ckpts: list[Path | None] = [checkpoint_path(output_dir, spec) for spec in specs]
@@ -993,7 +1000,7 @@ def run_and_save(
                 saved = load_checkpoint(cast(Path, ckpt), spec.config_hash())
                 run_loggers[i] = stack.enter_context(
                     RunLogger(log_cfg, spec, experiment, output_dir, state=saved and saved.get("logger")))
-        results = run_group(specs, scenarios, run_loggers, on_task_end, ckpts)
+        results = run_group(specs, scenarios, run_loggers, on_task_end, ckpts, checkpoint_every_s)
         for run_logger, result in zip(run_loggers, results):
             if run_logger is not None:
                 run_logger.log_result(result)
@@ -1031,9 +1038,9 @@ def _init_worker(threads: int, owner: int, env: dict[str, str], streams: Any, sl
 
 
 def _worker_run(specs: list[RunSpec], output_dir: Path, log_cfg: LoggerConfig, experiment: str,
-                cache_dir: Path | None = None) -> list[RunResult]:
+                cache_dir: Path | None = None, checkpoint_every_s: float = 0.0) -> list[RunResult]:
     scenarios = held_scenarios(specs, _WORKER_SCENARIOS, cache_dir)
-    return run_and_save(specs, scenarios, output_dir, log_cfg, experiment)
+    return run_and_save(specs, scenarios, output_dir, log_cfg, experiment, checkpoint_every_s=checkpoint_every_s)
 
 
 class RunInterrupted(BaseException):
@@ -1122,7 +1129,7 @@ def execute(
             for group in groups:
                 try:
                     yield from run_and_save(group, held_scenarios(group, prepared.scenarios, plan.cache_dir),
-                                            plan.output_dir, log_cfg, plan.name, on_task_end)
+                                            plan.output_dir, log_cfg, plan.name, on_task_end, plan.checkpoint_every_s)
                 except RunInterrupted:
                     raise RunInterrupted(interrupted_message(plan.output_dir, group)) from None
             return
@@ -1152,7 +1159,8 @@ def _execute_pool(plan: Plan, groups: list[list[RunSpec]], log_cfg: LoggerConfig
                                          plugin_modules(), events))
     futures: dict[Future, list[RunSpec]] = {}
     try:
-        futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name, plan.cache_dir): group
+        futures = {pool.submit(_worker_run, group, plan.output_dir, log_cfg, plan.name, plan.cache_dir,
+                               plan.checkpoint_every_s): group
                    for group in groups}
         for future in as_completed(futures):
             yield from future.result()

@@ -14,7 +14,8 @@ from cl_bench.checkpoint import save_checkpoint
 from cl_bench.config import build_plan, load_config
 from cl_bench.runner import checkpoint_path, execute
 
-FAST = ["strategy=naive", "scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100",
+FAST = ["output.checkpoint_every_s=0",  # a checkpoint after every task
+        "strategy=naive", "scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100",
         "settings=[class_il]", "checks.enabled=false"]
 
 

@@ -15,6 +15,7 @@ from cl_bench.config import ConfigError, build_plan, load_config
     ("output.dirr=elsewhere", "output.dirr"),
     ("data.rooot=/tmp", "data.rooot"),
     ("output.dir=", "output: dir is empty"),
+    ("output.checkpoint_every_s=-1", "output: checkpoint_every_s must be >= 0 seconds, got -1"),
 ])
 def test_bad_values_are_refused_with_the_key_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=None) as err:

@@ -12,7 +12,8 @@ import pytest
 from cl_bench.config import build_plan, load_config
 from cl_bench.runner import execute
 
-FAST = ["scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "checks.enabled=false"]
+FAST = ["output.checkpoint_every_s=0",  # a checkpoint after every task
+        "scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "checks.enabled=false"]
 SMALL = ["strategies.ogd.samples=50", "strategies.gpm.samples=100", "strategies.orthogonal_sgd.k=5",
          "strategies.orthogonal_sgd.samples=200", "strategies.orthogonal_sgd.lanczos_iters=30"]
 ALL = "strategy=[packnet,hat,ogd,gpm,orthogonal_sgd]"

@@ -16,7 +16,8 @@ from cl_bench.cli import main
 from cl_bench.config import build_plan, load_config
 from cl_bench.runner import execute
 
-TINY = ["strategy=naive", "scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=50",
+TINY = ["output.checkpoint_every_s=0",  # a checkpoint after every task
+        "strategy=naive", "scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=50",
         "settings=[class_il]", "checks.enabled=false", "sweep.workers=1"]
 
 

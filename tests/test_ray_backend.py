@@ -29,7 +29,8 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-GRID = ["strategy=[naive,ewc]", "seeds=[0,1]", "settings=[class_il]", "trainer.epochs=3", "checks.enabled=false",
+GRID = ["output.checkpoint_every_s=0",  # a checkpoint after every task
+        "strategy=[naive,ewc]", "seeds=[0,1]", "settings=[class_il]", "trainer.epochs=3", "checks.enabled=false",
         "trainer.train_loss_probe=100"]
 TASKS = 5  # Split-Digits
 RAY = Path(sys.executable).with_name("ray")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from cl_bench.config import build_plan, load_config
 from cl_bench.runner import checkpoint_path, execute, result_path
 
-FAST = ["scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "settings=[class_il]",
+FAST = ["output.checkpoint_every_s=0",  # a checkpoint after every task
+        "scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "settings=[class_il]",
         "checks.enabled=false"]
 
 
@@ -44,6 +46,37 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path: Path, strategy: s
     assert resumed.acc == reference.acc and resumed.loss == reference.loss
     assert resumed.train_loss == reference.train_loss and resumed.metrics == reference.metrics
     assert not checkpoint_path(plan.output_dir, spec).exists()
+
+
+def test_a_run_checkpoints_once_enough_of_its_work_is_unsaved(tmp_path: Path) -> None:
+    """``output.checkpoint_every_s``: within the interval no checkpoint is written (the rerun trains every
+    task again); once the interval has passed since the run opened, the next task end writes one."""
+    (reference,) = execute(plan_for(tmp_path / "ref", "strategy=naive"))
+
+    def kill_after_task_1(spec, task_id, module) -> None:
+        if task_id == 1:
+            raise Interrupt
+
+    plan = plan_for(tmp_path / "long", "strategy=naive", "output.checkpoint_every_s=3600")
+    with pytest.raises(Interrupt):
+        list(execute(plan, on_task_end=kill_after_task_1))
+    assert not checkpoint_path(plan.output_dir, plan.runs[0]).exists()
+    trained: list[int] = []
+    (again,) = execute(plan, on_task_end=lambda s, t, m: trained.append(t))
+    assert trained == [0, 1, 2] and again.acc == reference.acc and again.loss == reference.loss
+
+    def wait_then_kill(spec, task_id, module) -> None:
+        if task_id == 0:
+            time.sleep(0.6)  # the work of task 0 is now older than the interval
+        kill_after_task_1(spec, task_id, module)
+
+    plan = plan_for(tmp_path / "short", "strategy=naive", "output.checkpoint_every_s=0.5")
+    with pytest.raises(Interrupt):
+        list(execute(plan, on_task_end=wait_then_kill))
+    assert checkpoint_path(plan.output_dir, plan.runs[0]).exists()
+    trained.clear()
+    (resumed,) = execute(plan, on_task_end=lambda s, t, m: trained.append(t))
+    assert trained == [2] and resumed.acc == reference.acc and resumed.loss == reference.loss
 
 
 def test_resume_restores_the_geometry_snapshots(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from cl_bench.results import load_result
 from cl_bench.runner import checkpoint_path, execute, result_path
 from cl_bench.state import resize_buffers, unsaved_tensors
 
-FAST = ["scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "settings=[class_il]",
+FAST = ["output.checkpoint_every_s=0",  # a checkpoint after every task
+        "scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "settings=[class_il]",
         "checks.enabled=false"]
 
 

@@ -12,7 +12,8 @@ from cl_bench.module import ContinualModule, SettingReadInSharedTraining, Step
 from cl_bench.registry import _REGISTRY, register, strategy_names
 from cl_bench.runner import checkpoint_path, execute, load_scenario, result_path, run_one
 
-FAST = ["scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "settings=[class_il,task_il]",
+FAST = ["output.checkpoint_every_s=0",  # a checkpoint after every task
+        "scenario.n_tasks=3", "trainer.epochs=1", "trainer.train_loss_probe=100", "settings=[class_il,task_il]",
         "sweep.workers=1", "trainer.num_threads=1"]
 
 

@@ -382,7 +382,7 @@ def test_kill_9_then_rerun_continues_the_wandb_run_with_every_row_once(tmp_path:
     cmd = [str(Path(sys.executable).parent / "cl-bench"), "run", "name=cut", "scenario.n_tasks=3",
            "trainer.epochs=2", "trainer.batch_size=8", "trainer.train_loss_probe=50", "trainer.num_threads=1",
            "strategy=naive", "settings=[class_il]", "seeds=[0]", "checks.enabled=false",
-           f"output.dir={tmp_path}", "logger.use=[wandb,csv]"]
+           f"output.dir={tmp_path}", "logger.use=[wandb,csv]", "output.checkpoint_every_s=0"]
     ckpt = tmp_path / "checkpoints" / "class_il" / "naive" / "seed0.pt"
     journal = tmp_path / "logs" / "wandb" / "class_il" / "naive" / "seed0.rows.jsonl"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-SLOW_RUNS = ["strategy=naive", "seeds=[0,1]", "settings=[class_il]", "scenario.n_tasks=5", "trainer.epochs=40",
+SLOW_RUNS = ["output.checkpoint_every_s=0",  # a checkpoint after every task
+             "strategy=naive", "seeds=[0,1]", "settings=[class_il]", "scenario.n_tasks=5", "trainer.epochs=40",
              "trainer.train_loss_probe=50", "checks.enabled=false"]
 
 
