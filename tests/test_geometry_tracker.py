@@ -16,7 +16,8 @@ from test_geometry_toys import (
 
 from cl_bench.config import ConfigError, to_dataclass
 from cl_bench.data import TaskBatches
-from cl_bench.geometry import CHECKS, ChecksConfig, GeometryTracker
+from cl_bench.geometry import CHECKS, ChecksConfig, GeometryTracker, LeakageCallback
+from cl_bench.layout import flat_params
 from cl_bench.module import ContinualModule
 from cl_bench.runner import quiet_lightning
 
@@ -173,3 +174,44 @@ def test_disabled_tracker_does_nothing_and_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="checks.k_max"):
         to_dataclass(ChecksConfig, OmegaConf.create({"k_max": 3}), "checks")
     assert to_dataclass(ChecksConfig, {"lipschitz": {"samples": 4}}, "checks").lipschitz.samples == 4
+
+
+class StepRecorder(ContinualModule):
+    """Test strategy: keeps theta at the start of training and before every optimiser step."""
+
+    def on_train_start(self) -> None:
+        self.thetas = [flat_params(self)]
+
+    def optimise(self, batch, optimizer) -> None:
+        self.thetas.append(flat_params(self))
+        super().optimise(batch, optimizer)
+
+
+def test_step_leakage_matches_a_direct_computation_per_step(monkeypatch):
+    """Every C5 row [||d_s||, leak_o...] equals ||d_s|| and ||V_o^T d_s|| / ||d_s|| computed step by step,
+    with the buffered products flushed mid-task and a remainder at the end (5 steps per product)."""
+    monkeypatch.setattr(LeakageCallback, "STEPS_PER_PRODUCT", 5)
+    sc = toy_scenario(n_tasks=3, n_per_class=16)
+    module = toy_module(sc, widths=[6], double=False, lr=0.1, cls=StepRecorder).train()
+    tracker = GeometryTracker(ChecksConfig(**{**FAST, "which": ["C5"]}), sc, "cpu")
+    quiet_lightning()
+    for task in sc.tasks:
+        module.before_task(task)
+        batches = TaskBatches(task.x_train, task.y_train, task.id, 8, seed=task.id, mean=sc.mean, std=sc.std)
+        L.Trainer(max_epochs=3, barebones=True, accelerator="cpu", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                  limit_val_batches=0, callbacks=[tracker.callback()]).fit(module, train_dataloaders=batches)
+        thetas = torch.stack([*module.thetas, flat_params(module)])  # start, each step, end
+        module.after_task(task)
+        if task.id > 0:
+            d = thetas[1:] - thetas[:-1]
+            assert len(d) > 2 * 5  # two full products and a remainder
+            rows = torch.stack(tracker._steps[task.id])
+            assert rows.shape == (len(d), 1 + task.id)
+            for row, d_s in zip(rows, d):
+                norm = float(d_s.norm())
+                assert float(row[0]) == pytest.approx(norm, rel=1e-5, abs=1e-12)
+                for j, o in enumerate(range(task.id)):
+                    direct = float((tracker.snapshots[o].eigvecs.T @ d_s).norm()) / norm if norm > 0 else 0.0
+                    assert float(row[1 + j]) == pytest.approx(direct, rel=1e-4, abs=1e-7)
+        tracker.snapshot(module, task)

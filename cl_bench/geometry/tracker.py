@@ -19,14 +19,14 @@ import time
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import asdict, fields
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from cl_bench.data import Scenario, Task, iterate_eval
-from cl_bench.layout import ParamLayout, flat_params
+from cl_bench.layout import ParamLayout, flat_params, network_parameters
 from cl_bench.models import MultiHead
 from cl_bench.module import ContinualModule, StepCallback, eval_mode
 from cl_bench.seeds import generator
@@ -257,18 +257,24 @@ class LeakageCallback(StepCallback):
 
     d_s is the parameter change between consecutive ``on_step_start`` calls
     (and ``on_train_end``), so corrections the module applies after the optimiser step
-    (``transform_update``) are included. One [P, K] x [P] product per
-    step (K = sum of stored k); values stay on the device until the checks run.
+    (``transform_update``) are included. Each call copies theta into a row of a
+    ``[STEPS_PER_PRODUCT + 1, P]`` buffer; every :data:`STEPS_PER_PRODUCT` steps (and at the end of
+    training) the buffered steps' changes D ``[S, P]`` give their leakages by one ``D V`` product
+    (``V = [V_o ...]`` ``[P, K]``, K = sum of stored k). Values stay on the device until the checks run.
     """
+
+    #: optimiser steps whose leakages are computed by one product
+    STEPS_PER_PRODUCT = 64
 
     def __init__(self, tracker: GeometryTracker) -> None:
         self.tracker = tracker
-        self._prev: Tensor | None = None
+        self._thetas: Tensor | None = None  # [STEPS_PER_PRODUCT + 1, P]: theta at the buffered step starts
+        self._filled = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t: int = int(getattr(pl_module, "current_task"))
         past = self.tracker.begin_steps(self._t)
-        self._prev = None
+        self._thetas = None
         if not past:
             return
         snaps = self.tracker.snapshots
@@ -276,22 +282,36 @@ class LeakageCallback(StepCallback):
         self._segments = torch.cat([torch.full((snaps[o].k,), i, device=self._basis.device)
                                     for i, o in enumerate(past)])
         self._n_past = len(past)
-        self._prev = flat_params(pl_module)
-
-    def _measure(self, pl_module: L.LightningModule) -> None:
-        if self._prev is None:
-            return
+        self._params = [p for _, p in network_parameters(pl_module)]
         theta = flat_params(pl_module)
-        d, self._prev = theta - self._prev, theta
-        proj2 = (self._basis.T @ d) ** 2
-        per_task = torch.zeros(self._n_past, dtype=d.dtype, device=d.device).index_add_(0, self._segments, proj2)
-        norm = d.norm()
-        leak = per_task.sqrt() / norm.clamp_min(torch.finfo(d.dtype).tiny)
-        self.tracker.add_step(self._t, torch.cat([norm[None], leak]))
+        self._thetas = theta.new_empty(self.STEPS_PER_PRODUCT + 1, theta.numel())
+        self._thetas[0], self._filled = theta, 1
+
+    def _measure(self) -> None:
+        if self._thetas is None:
+            return
+        torch.cat([p.detach().reshape(-1) for p in self._params], out=self._thetas[self._filled])
+        self._filled += 1
+        if self._filled == self._thetas.shape[0]:
+            self._flush()
+
+    def _flush(self) -> None:
+        """The leakages of the buffered steps, one row ``[||d_s||, leak_o...]`` per step to the tracker."""
+        thetas = cast(Tensor, self._thetas)
+        d = thetas[1:self._filled] - thetas[:self._filled - 1]  # [S, P]
+        proj2 = (d @ self._basis) ** 2  # [S, K]
+        per_task = proj2.new_zeros(d.shape[0], self._n_past).index_add_(1, self._segments, proj2)  # [S, n_past]
+        norm = d.norm(dim=1)  # [S]
+        leak = per_task.sqrt() / norm.clamp_min(torch.finfo(d.dtype).tiny)[:, None]
+        for row in torch.cat([norm[:, None], leak], dim=1):
+            self.tracker.add_step(self._t, row)
+        thetas[0], self._filled = thetas[self._filled - 1], 1
 
     def on_step_start(self, module: ContinualModule) -> None:
-        self._measure(module)
+        self._measure()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._measure(pl_module)
-        self._prev = None
+        self._measure()
+        if self._thetas is not None:
+            self._flush()
+        self._thetas = None
