@@ -19,7 +19,7 @@ from test_docs_example import doc_steps
 CLI = Path(sys.executable).parent / "cl-bench"
 RUN = ["run", "--import", "my_plugin", "strategy=[naive,my_anchor]", "strategies.my_anchor.lam=5",
        "model={name: my_net, width: 32}", "scenario.source=npz", "scenario.path=my_digits.npz", "scenario.n_tasks=2",
-       "trainer.epochs=8", "checks.enabled=false", "settings=[class_il,task_il]", "sweep.workers=2",
+       "trainer.epochs=16", "checks.enabled=false", "settings=[class_il,task_il]", "sweep.workers=2",
        "output.checkpoint_every_s=0"]
 
 
